@@ -1,0 +1,1 @@
+"""tandem_adapters: models, data sources, the ``tandem`` CLI and plots."""

@@ -1,0 +1,61 @@
+"""The test matrix. `nox` runs lint + tests for every backend; `nox -s slow dist bench` the rest.
+
+Sessions reuse their virtualenvs and install through uv when it is available. torch is pinned by
+constraints.txt (its CPU wheel); where PIP_FIND_LINKS names a local wheel folder, uv is pointed at it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["lint", "tests"]
+
+# backend -> (extras to install, namespaces the core tests run against, pytest marker expression)
+MATRIX = {
+    "numpy": ("dev", "numpy,array_api_strict", "not slow and not cross"),
+    "torch": ("dev,torch,hf", "torch", "not slow and not cross"),
+    "jax": ("dev,jax", "jax", "not slow and not cross"),
+    "cross": ("dev,torch,jax,hf", "numpy,torch,jax", "cross and not slow"),
+}
+ALL_EXTRAS = "dev,torch,jax,hf"
+
+
+def install(session: nox.Session, extras: str) -> None:
+    args = ["-c", "constraints.txt"]
+    links = os.environ.get("PIP_FIND_LINKS")
+    if links and session.venv_backend == "uv":
+        args += ["--find-links", links]  # uv does not read PIP_FIND_LINKS
+    session.install(*args, "-e", f".[{extras}]")
+
+
+def pytest_args(session: nox.Session, marker: str) -> list[str]:
+    return ["pytest", "-m", marker, *(session.posargs or ["-n", "2", "-q"])]
+
+
+@nox.session
+@nox.parametrize("backend", list(MATRIX))
+def tests(session: nox.Session, backend: str) -> None:
+    """Core tests against one array namespace, plus that backend's own tests ("cross": both)."""
+    extras, namespaces, marker = MATRIX[backend]
+    install(session, extras)
+    env = {"TANDEM_TEST_BACKENDS": namespaces, "XLA_FLAGS": "", "OMP_NUM_THREADS": "1"}
+    session.run(*pytest_args(session, marker), env=env)
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """torch.compile and long end-to-end tests."""
+    install(session, ALL_EXTRAS)
+    session.run(*pytest_args(session, "slow"), env={"TANDEM_TEST_BACKENDS": "numpy,torch,jax"})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff lint and format check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")

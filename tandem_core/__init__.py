@@ -1,0 +1,68 @@
+"""tandem_core: the backend-agnostic functional core of tandem (online data-mixture optimisation).
+
+Pure functions over the Array API (numpy, torch, jax, ...); never imports torch or jax.
+
+>>> import numpy as np, tandem_core as tc
+>>> transform = tc.tandem(eta_alpha=1.0)
+>>> state = transform.init(3)
+>>> stats = tc.TwinStats(
+...     proxy=tc.domain_stats(np.array([2.0, 2.0, 2.0]), np.array([0, 1, 2]), 3),
+...     reference=tc.domain_stats(np.array([1.9, 2.0, 2.1]), np.array([0, 1, 2]), 3),
+... )
+>>> transform.update(state, stats).alpha.round(4).tolist()
+[0.4333, 0.3333, 0.2333]
+"""
+
+from .accounting import MISSING_POLICIES as MISSING_POLICIES
+from .accounting import DomainStats as DomainStats
+from .accounting import TwinStats as TwinStats
+from .accounting import all_reduce_stats as all_reduce_stats
+from .accounting import domain_means as domain_means
+from .accounting import domain_stats as domain_stats
+from .accounting import excess_loss_stats as excess_loss_stats
+from .accounting import fill_missing as fill_missing
+from .accounting import merge_stats as merge_stats
+from .accounting import pack_stats as pack_stats
+from .accounting import segment_sum_onehot as segment_sum_onehot
+from .accounting import stats_to_numpy as stats_to_numpy
+from .accounting import twin_delta as twin_delta
+from .accounting import unpack_stats as unpack_stats
+from .backend import Backend as Backend
+from .backend import NumpyBackend as NumpyBackend
+from .backend import available_backends as available_backends
+from .backend import load_backend as load_backend
+from .mixture import MixtureState as MixtureState
+from .mixture import MixtureSummary as MixtureSummary
+from .mixture import MixtureTransform as MixtureTransform
+from .mixture import doge as doge
+from .mixture import doremi as doremi
+from .mixture import mixture_summary as mixture_summary
+from .mixture import mixture_transform as mixture_transform
+from .mixture import natural as natural
+from .mixture import tandem as tandem
+from .mixture import temperature as temperature
+from .mixture import uniform as uniform
+from .schedule import Phase as Phase
+from .schedule import Schedule as Schedule
+from .schedule import episode as episode
+from .schedule import phase as phase
+from .schedule import phase_code as phase_code
+from .simplex import eg_step as eg_step
+from .simplex import project_simplex as project_simplex
+from .simplex import running_mean as running_mean
+from .simplex import smooth as smooth
+from .simplex import time_average as time_average
+from .stages import Stage as Stage
+from .stages import chain as chain
+from .stages import exponentiated_gradient as exponentiated_gradient
+from .stages import gradient_descent as gradient_descent
+from .stages import identity as identity
+from .stages import scale_by_rms as scale_by_rms
+from .stages import simplex_projection as simplex_projection
+from .stages import smoothing as smoothing
+from .state import CorruptStateError as CorruptStateError
+from .state import load_state as load_state
+from .state import read_metadata as read_metadata
+from .state import save_state as save_state
+
+__version__ = "0.1.0"

@@ -1,0 +1,242 @@
+"""Mixture algorithms as ``MixtureTransform``s: TANDEM and the baselines.
+
+Uniform, natural, temperature, DoReMi and DoGE share TANDEM's interface. Each factory closes over
+its hyper-parameters; the state is a ``MixtureState``.
+
+Gradient convention: every method descends a per-domain gradient ``g`` (lower ``g`` gains weight).
+TANDEM: ``g = gamma * Delta`` (SPEC 1.3 Eq. 5); DoReMi: ``g = -excess`` (SPEC 5); DoGE: ``g = -W``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ._transform import (
+    MixtureState,
+    MixtureSummary,
+    MixtureTransform,
+    mixture_summary,
+    mixture_transform,
+)
+from ._utils import Array, array_device
+from .accounting import DomainStats, TwinStats, domain_means, twin_delta
+from .stages import (
+    chain,
+    exponentiated_gradient,
+    gradient_descent,
+    identity,
+    scale_by_rms,
+    simplex_projection,
+)
+from .stages import smoothing as smoothing_stage
+
+__all__ = [
+    "MixtureState",
+    "MixtureSummary",
+    "MixtureTransform",
+    "doge",
+    "doremi",
+    "mixture_summary",
+    "mixture_transform",
+    "natural",
+    "tandem",
+    "temperature",
+    "uniform",
+]
+
+STEPS = ("pgd", "eg")
+NORMALIZE = ("none", "rms")
+
+
+def _array_signal(stats: Any, *, xp: Any, like: Array) -> tuple[Array, Array]:
+    grad = xp.asarray(stats, device=array_device(like))
+    return grad, xp.ones(grad.shape, dtype=xp.bool, device=array_device(like))
+
+
+def _twin_signal(gamma: float):
+    def signal(stats: Any, *, xp: Any, like: Array) -> tuple[Array, Array]:
+        if isinstance(stats, TwinStats):
+            delta, present = twin_delta(stats)
+        elif isinstance(stats, DomainStats):
+            raise TypeError(
+                "tandem needs TwinStats(proxy=..., reference=...) or a Delta array (M,)"
+            )
+        else:
+            delta, present = _array_signal(stats, xp=xp, like=like)
+        return gamma * delta, present
+
+    return signal
+
+
+def _mean_signal(sign: float, name: str):
+    def signal(stats: Any, *, xp: Any, like: Array) -> tuple[Array, Array]:
+        if isinstance(stats, DomainStats):
+            means, present = domain_means(stats)
+        elif isinstance(stats, TwinStats):
+            raise TypeError(
+                f"{name} needs DomainStats or a per-domain score array (M,), not TwinStats"
+            )
+        else:
+            means, present = _array_signal(stats, xp=xp, like=like)
+        return sign * means, present
+
+    return signal
+
+
+def _no_signal(stats: Any, *, xp: Any, like: Array) -> tuple[Array, Array]:
+    del stats
+    return xp.zeros_like(like), xp.ones(like.shape, dtype=xp.bool, device=array_device(like))
+
+
+def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {tuple(allowed)}")
+
+
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def tandem(
+    eta_alpha: float = 1.0,
+    gamma: float = 1.0,
+    step: str = "pgd",
+    floor: float = 0.0,
+    smoothing: float = 0.0,
+    missing: str = "carry",
+    *,
+    normalize: str = "none",
+    rms_decay: float = 0.9,
+    history: int = 0,
+) -> MixtureTransform:
+    """TANDEM's penalised mixture update (SPEC 1.3 step 4, Eq. 5).
+
+    ``alpha <- Proj_A(alpha - eta_alpha * gamma * Delta)`` with ``Delta_m = L^m_train(w_K) -
+    L^m_train(u_K)`` (``step="pgd"``, the paper's form), or ``alpha * exp(-eta_alpha * gamma *
+    Delta)`` renormalised (``step="eg"``, the DoReMi/DoGE convention; SPEC marks it DERIVED).
+
+    Args:
+        eta_alpha: mixture step size > 0.
+        gamma: penalty coefficient > 0 (1 in the paper).
+        step: ``"pgd"`` or ``"eg"``.
+        floor: minimum weight per domain (``M * floor < 1``).
+        smoothing: mix toward uniform after each step, ``c`` in ``[0, 1)``.
+        missing: policy for domains absent from the statistics: ``carry | zero | skip``.
+        normalize: ``"rms"`` divides the centred Delta by its running RMS (our option, SPEC 1.4):
+            ``eta_alpha`` then sets the step in units of a typical Delta. ``"none"``: the paper.
+        rms_decay: EMA decay of the RMS normaliser.
+        history: mixtures kept on device in ``state.history``.
+
+    Returns:
+        A ``MixtureTransform``; ``update(state, stats)`` takes ``TwinStats`` or Delta ``(M,)``.
+
+    Examples:
+        >>> import numpy as np
+        >>> t = tandem(eta_alpha=1.0)
+        >>> state = t.update(t.init(2), np.array([0.1, -0.1]))
+        >>> state.alpha.round(4).tolist()
+        [0.4, 0.6]
+    """
+    _check_positive(eta_alpha=eta_alpha, gamma=gamma)
+    _check_choice("step", step, STEPS)
+    _check_choice("normalize", normalize, NORMALIZE)
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    # the signal is the hyper-gradient dH/dalpha = gamma * Delta; "rms" cancels gamma (as Adam)
+    stages = [scale_by_rms(rms_decay)] if normalize == "rms" else []
+    if step == "pgd":
+        stages += [gradient_descent(eta_alpha), simplex_projection(floor)]
+    else:
+        stages += [exponentiated_gradient(eta_alpha)]
+    if smoothing > 0:
+        stages.append(smoothing_stage(smoothing))
+    if step == "eg" and floor > 0:
+        stages.append(simplex_projection(floor))
+    return mixture_transform(_twin_signal(gamma), chain(*stages), missing=missing, history=history)
+
+
+def doremi(
+    eta: float = 1.0, smoothing: float = 1e-3, missing: str = "carry", *, history: int = 0
+) -> MixtureTransform:
+    """DoReMi (Xie et al. 2023, Alg. 1 l. 7-8): ``log a' = log a + eta s``, ``a = (1-c) a' + c/M``.
+
+    ``s_m`` is the mean over domain-m tokens of the clipped excess loss ``max(l_proxy - l_ref, 0)``
+    (see ``excess_loss_stats``). A domain absent from the batch keeps its last score (``carry``).
+    The output is the time average of the mixtures (``mixture_summary``).
+
+    Args:
+        eta: step size > 0 (1 in DoReMi).
+        smoothing: ``c`` in ``[0, 1)`` (1e-3 in DoReMi).
+        missing: ``carry | zero | skip``.
+        history: mixtures kept on device.
+
+    Returns:
+        A ``MixtureTransform``; ``update(state, stats)`` takes ``DomainStats`` or scores ``(M,)``.
+    """
+    _check_positive(eta=eta)
+    stages = chain(exponentiated_gradient(eta), smoothing_stage(smoothing))
+    return mixture_transform(_mean_signal(-1.0, "doremi"), stages, missing=missing, history=history)
+
+
+def doge(
+    eta: float = 1.0, smoothing: float = 1e-3, missing: str = "carry", *, history: int = 0
+) -> MixtureTransform:
+    """DoGE (Fan et al. 2024): ``a <- a * exp(eta * W)`` renormalised, then smoothed toward uniform.
+
+    ``W_m = <grad L^m_train(u), sum_j grad L^j_val(u)>``, the per-domain gradient alignment,
+    computed by the backend.
+
+    Args:
+        eta: step size > 0.
+        smoothing: ``c`` in ``[0, 1)``.
+        missing: ``carry | zero | skip``.
+        history: mixtures kept on device.
+
+    Returns:
+        A ``MixtureTransform``; ``update(state, stats)`` takes alignment scores ``(M,)`` or
+        ``DomainStats`` of them.
+    """
+    _check_positive(eta=eta)
+    stages = chain(exponentiated_gradient(eta), smoothing_stage(smoothing))
+    return mixture_transform(_mean_signal(-1.0, "doge"), stages, missing=missing, history=history)
+
+
+def uniform(*, history: int = 0) -> MixtureTransform:
+    """The uniform mixture ``1/M``, never updated (``update`` only counts)."""
+    return mixture_transform(_no_signal, identity(), history=history)
+
+
+def temperature(sizes: Sequence[float], t: float = 1.0, *, history: int = 0) -> MixtureTransform:
+    """Static mixture ``alpha_m ∝ n_m ** (1 / t)`` (t = 1: natural; t → inf: uniform).
+
+    Args:
+        sizes: per-domain sizes ``n_m > 0`` (tokens or samples), length ``M``.
+        t: temperature > 0.
+        history: mixtures kept on device.
+
+    Returns:
+        A ``MixtureTransform`` whose ``init`` must be called with ``num_domains == len(sizes)``.
+    """
+    _check_positive(t=t)
+    sizes = [float(n) for n in sizes]
+    if not sizes or any(not n > 0 for n in sizes):
+        raise ValueError(f"sizes must be a non-empty list of positive numbers, got {sizes}")
+    powered = [n ** (1.0 / t) for n in sizes]
+    weights = [p / sum(powered) for p in powered]
+
+    def initial(num_domains: int, *, xp: Any, dtype: Any, device: Any) -> Array:
+        if num_domains != len(weights):
+            raise ValueError(
+                f"sizes has {len(weights)} domains but init got num_domains={num_domains}"
+            )
+        return xp.asarray(weights, dtype=dtype, device=device)
+
+    return mixture_transform(_no_signal, identity(), history=history, initial=initial)
+
+
+def natural(sizes: Sequence[float], *, history: int = 0) -> MixtureTransform:
+    """Static size-proportional mixture ``alpha_m ∝ n_m`` (``temperature`` with t = 1)."""
+    return temperature(sizes, 1.0, history=history)

@@ -1,0 +1,152 @@
+"""The TANDEM episode schedule as data (SPEC 1.3): what a custom loop does at each tick.
+
+An episode is ``SYNC, PROBE x K, UPDATE, FREE x E_free`` (``K + E_free + 2`` ticks):
+
+- ``SYNC``: copy the proxy u into the reference w (parameters AND optimizer state).
+- ``PROBE``: one training step of both twins on the same train batch (w also on a val batch).
+- ``UPDATE``: evaluate both twins per domain, compute Delta, step the mixture.
+- ``FREE``: one proxy training step under the new mixture.
+
+Meaning of ``E`` (SPEC 1.3 leaves it open): with ``episode="free"`` (default) E counts the free
+proxy steps after the update, so an episode trains the proxy ``K + E`` steps. With
+``episode="total"`` E counts all proxy steps of the episode, probing included (``E >= K``,
+``E - K`` free steps).
+
+Example loop::
+
+    sched = tc.Schedule(probe_steps=5, free_steps=20)
+    for tick in range(num_episodes * sched.length):
+        match sched.phase(tick):
+            case tc.Phase.SYNC: w, opt_w = copy(u, opt_u)
+            case tc.Phase.PROBE: step(u); step(w)
+            case tc.Phase.UPDATE: state = transform.update(state, twin_stats(u, w))
+            case tc.Phase.FREE: step(u)
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, NamedTuple
+
+from ._utils import Array, array_device, namespace
+
+__all__ = ["EPISODE_MEANINGS", "Phase", "Schedule", "episode", "phase", "phase_code"]
+
+EPISODE_MEANINGS = ("free", "total")
+
+
+class Phase(enum.IntEnum):
+    """What a tick of the episode does."""
+
+    SYNC = 0
+    PROBE = 1
+    UPDATE = 2
+    FREE = 3
+
+
+class Schedule(NamedTuple):
+    """Episode layout: ``probe_steps`` (K) and ``free_steps`` (E, read according to ``episode``)."""
+
+    probe_steps: int
+    free_steps: int
+    episode: str = "free"
+
+    @property
+    def free(self) -> int:
+        """Free proxy steps per episode (after the update)."""
+        _validate(self)
+        return self.free_steps if self.episode == "free" else self.free_steps - self.probe_steps
+
+    @property
+    def length(self) -> int:
+        """Ticks per episode: ``K + free + 2``."""
+        return self.probe_steps + self.free + 2
+
+    @property
+    def proxy_steps(self) -> int:
+        """Proxy optimizer steps per episode: ``K + free``."""
+        return self.probe_steps + self.free
+
+    def phase(self, tick: int) -> Phase:
+        """The ``Phase`` of ``tick`` (a Python int >= 0)."""
+        return Phase(_code(tick % self.length, self.probe_steps))
+
+    def episode_index(self, tick: int) -> int:
+        """Index of the episode that ``tick`` belongs to."""
+        return tick // self.length
+
+    def proxy_steps_before(self, tick: int) -> int:
+        """Proxy optimizer steps taken before ``tick`` (for logging in the user's step units)."""
+        done, j = divmod(tick, self.length)
+        within = 0 if j == 0 else min(j - 1, self.probe_steps) + max(j - self.probe_steps - 2, 0)
+        return done * self.proxy_steps + within
+
+
+def _validate(s: Schedule) -> None:
+    if s.episode not in EPISODE_MEANINGS:
+        raise ValueError(
+            f"episode={s.episode!r} is not supported; choose one of {EPISODE_MEANINGS}"
+        )
+    if int(s.probe_steps) < 1:
+        raise ValueError(f"probe_steps (K) must be >= 1, got {s.probe_steps}")
+    if int(s.free_steps) < 0:
+        raise ValueError(f"free_steps (E) must be >= 0, got {s.free_steps}")
+    if s.episode == "total" and s.free_steps < s.probe_steps:
+        raise ValueError(
+            f"with episode='total', E={s.free_steps} counts the K={s.probe_steps} probing steps: "
+            "E must be >= K"
+        )
+
+
+def _code(j: Any, k: int) -> Any:
+    if j == 0:
+        return Phase.SYNC
+    if j <= k:
+        return Phase.PROBE
+    return Phase.UPDATE if j == k + 1 else Phase.FREE
+
+
+def phase(step: int, probe_steps: int, free_steps: int, *, episode: str = "free") -> Phase:
+    """The ``Phase`` of schedule tick ``step`` for K = ``probe_steps``, E = ``free_steps``.
+
+    Args:
+        step: tick index >= 0 (ticks, not proxy steps: see ``Schedule.proxy_steps_before``).
+        probe_steps: K >= 1.
+        free_steps: E >= 0 (meaning set by ``episode``).
+        episode: ``"free"`` (E = free steps after the update) or ``"total"`` (E = K + free).
+
+    Returns:
+        ``Phase.SYNC | PROBE | UPDATE | FREE``.
+
+    Examples:
+        >>> [phase(t, 2, 1).name for t in range(5)]
+        ['SYNC', 'PROBE', 'PROBE', 'UPDATE', 'FREE']
+    """
+    return Schedule(probe_steps, free_steps, episode).phase(step)
+
+
+def episode(step: int, probe_steps: int, free_steps: int, *, episode: str = "free") -> int:
+    """The episode index of schedule tick ``step`` (see ``phase``)."""
+    return Schedule(probe_steps, free_steps, episode).episode_index(step)
+
+
+def phase_code(step: Array, probe_steps: int, free_steps: int, *, episode: str = "free") -> Array:
+    """Array version of ``phase`` for jit-compiled loops: int32 codes of ``Phase`` (``lax.switch``).
+
+    Args:
+        step: integer array of ticks, any shape.
+        probe_steps: K >= 1.
+        free_steps: E >= 0.
+        episode: meaning of E.
+
+    Returns:
+        int32 array of the shape of ``step``.
+    """
+    sched = Schedule(probe_steps, free_steps, episode)
+    xp = namespace(step)
+    j = step % sched.length
+    k = sched.probe_steps
+    code = xp.full(step.shape, int(Phase.FREE), dtype=xp.int32, device=array_device(step))
+    code = xp.where(j == k + 1, int(Phase.UPDATE), code)
+    code = xp.where((j >= 1) & (j <= k), int(Phase.PROBE), code)
+    return xp.where(j == 0, int(Phase.SYNC), code)

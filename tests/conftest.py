@@ -1,0 +1,66 @@
+"""Test configuration: the scipy-style ``xp`` fixture over the installed array namespaces.
+
+``TANDEM_TEST_BACKENDS`` (comma-separated: numpy, array_api_strict, torch, jax) narrows the
+namespaces; by default every importable one runs. JAX runs with x64 and strict rank promotion,
+so core code that relies on implicit rank broadcasting or silent downcasts fails here.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+KNOWN = ("numpy", "array_api_strict", "torch", "jax")
+
+
+def selected_backends() -> tuple[str, ...]:
+    raw = os.environ.get("TANDEM_TEST_BACKENDS", "")
+    names = tuple(n.strip() for n in raw.split(",") if n.strip()) or KNOWN
+    unknown = set(names) - set(KNOWN)
+    if unknown:
+        raise pytest.UsageError(
+            f"TANDEM_TEST_BACKENDS has unknown names {sorted(unknown)}; use {KNOWN}"
+        )
+    return names
+
+
+def _namespaces() -> list:
+    params = []
+    for name in selected_backends():
+        try:
+            if name == "numpy":
+                import array_api_compat.numpy as xp
+            elif name == "array_api_strict":
+                import array_api_strict as xp
+            elif name == "torch":
+                import array_api_compat.torch as xp
+            else:
+                import jax
+
+                jax.config.update("jax_enable_x64", True)
+                jax.config.update("jax_numpy_rank_promotion", "raise")
+                import jax.numpy as xp
+        except ImportError:
+            continue
+        params.append(pytest.param(xp, id=name))
+    return params
+
+
+NAMESPACES = _namespaces()
+
+
+@pytest.fixture(params=NAMESPACES)
+def xp(request):
+    """An Array API namespace (numpy, array_api_strict, torch, jax.numpy)."""
+    return request.param
+
+
+def pytest_report_header(config):
+    return f"tandem array namespaces: {[p.id for p in NAMESPACES]}"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

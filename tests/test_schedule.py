@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+from utils import asarray, jit
+
+import tandem_core as tc
+from tandem_core.schedule import Schedule
+
+P = tc.Phase
+
+
+def test_episode_layout_free_meaning():
+    got = [tc.phase(t, 2, 3) for t in range(14)]
+    one = [P.SYNC, P.PROBE, P.PROBE, P.UPDATE, P.FREE, P.FREE, P.FREE]
+    assert got == one + one
+    assert [tc.episode(t, 2, 3) for t in (0, 6, 7, 13)] == [0, 0, 1, 1]
+
+
+def test_total_meaning_counts_probe_steps():
+    s = Schedule(probe_steps=2, free_steps=5, episode="total")
+    assert s.free == 3 and s.proxy_steps == 5 and s.length == 7
+    assert [s.phase(t) for t in range(7)] == [
+        P.SYNC,
+        P.PROBE,
+        P.PROBE,
+        P.UPDATE,
+        P.FREE,
+        P.FREE,
+        P.FREE,
+    ]
+    with pytest.raises(ValueError, match="E must be >= K"):
+        _ = Schedule(3, 2, "total").length
+
+
+def test_proxy_steps_before_counts_training_steps():
+    s = Schedule(2, 3)
+    counted, steps = 0, []
+    for t in range(3 * s.length):
+        steps.append(s.proxy_steps_before(t))
+        counted += s.phase(t) in (P.PROBE, P.FREE)
+    assert steps[-1] == counted - 1 if s.phase(3 * s.length - 1) == P.FREE else True
+    assert s.proxy_steps_before(3 * s.length) == 3 * s.proxy_steps == counted
+
+
+def test_k_equal_one_and_no_free_steps():
+    assert [tc.phase(t, 1, 0) for t in range(6)] == [P.SYNC, P.PROBE, P.UPDATE] * 2
+
+
+@pytest.mark.parametrize(
+    "args, msg",
+    [((0, 3), "probe_steps \\(K\\) must be >= 1"), ((2, -1), "free_steps \\(E\\) must be >= 0")],
+)
+def test_invalid_schedules(args, msg):
+    with pytest.raises(ValueError, match=msg):
+        tc.phase(0, *args)
+    with pytest.raises(ValueError, match="episode='steps' is not supported"):
+        tc.phase(0, 1, 1, episode="steps")
+
+
+def test_phase_code_matches_phase(xp):
+    ticks = np.arange(40)
+    codes = jit(xp, lambda t: tc.phase_code(t, 3, 4))(asarray(xp, ticks))
+    assert np.asarray(codes).tolist() == [int(tc.phase(int(t), 3, 4)) for t in ticks]

@@ -1,0 +1,61 @@
+"""Shared test helpers: namespace-checking comparison and jit wrappers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from tandem_core._utils import to_numpy
+
+
+def name_of(xp: Any) -> str:
+    mod = xp.__name__
+    if "torch" in mod:
+        return "torch"
+    if "jax" in mod:
+        return "jax"
+    if "strict" in mod:
+        return "array_api_strict"
+    return "numpy"
+
+
+def same_namespace(array: Any, xp: Any) -> bool:
+    return name_of(array_api_compat.array_namespace(array)) == name_of(xp)
+
+
+def assert_close(
+    actual: Any,
+    desired: Any,
+    *,
+    xp: Any,
+    rtol: float | None = None,
+    atol: float = 0.0,
+    dtype: Any = None,
+) -> None:
+    """Compare an ``xp`` array with a numpy reference: namespace, shape, dtype, values."""
+    assert same_namespace(actual, xp), f"result is a {type(actual)}, expected a {name_of(xp)} array"
+    want = np.asarray(desired)
+    got = to_numpy(actual)
+    assert got.shape == want.shape, f"shape {got.shape} != {want.shape}"
+    if dtype is not None:
+        assert actual.dtype == dtype, f"dtype {actual.dtype} != {dtype}"
+    if rtol is None:
+        rtol = 1e-6 if got.dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+
+
+def jit(xp: Any, fn: Any, **kwargs: Any) -> Any:
+    """``jax.jit(fn)`` for JAX (so control flow on array values fails loudly), else ``fn``."""
+    if name_of(xp) == "jax":
+        import jax
+
+        return jax.jit(fn, **kwargs)
+    return fn
+
+
+def asarray(xp: Any, x: Any, dtype: Any = None) -> Any:
+    return (
+        xp.asarray(np.asarray(x), dtype=dtype) if dtype is not None else xp.asarray(np.asarray(x))
+    )
