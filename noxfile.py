@@ -1,7 +1,7 @@
 """The test matrix. `nox` runs lint + tests for every backend; `nox -s slow dist bench` the rest.
 
 Sessions reuse their virtualenvs and install through uv when it is available. torch is pinned by
-constraints.txt (its CPU wheel); where PIP_FIND_LINKS names a local wheel folder, uv is pointed at it.
+constraints.txt (its CPU wheel); where PIP_FIND_LINKS names a local wheel folder, uv is told so.
 """
 
 from __future__ import annotations
