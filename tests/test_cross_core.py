@@ -11,11 +11,11 @@ jnp = pytest.importorskip("jax.numpy")
 xpt = pytest.importorskip("array_api_compat.torch")
 
 
-def _run(xp, make_array):
+def _run(xp, make_array, dtype=np.float32):
     t = tc.tandem(
         eta_alpha=0.4, step="eg", normalize="rms", smoothing=1e-3, missing="skip", history=4
     )
-    state = t.init(5, xp=xp, dtype=xp.float32)
+    state = t.init(5, xp=xp, dtype=getattr(xp, np.dtype(dtype).name))
     rng = np.random.default_rng(3)
     for _ in range(6):
         ids = rng.integers(0, 4, size=12)  # domain 4 is always missing
