@@ -31,6 +31,9 @@ from .backend import Backend as Backend
 from .backend import NumpyBackend as NumpyBackend
 from .backend import available_backends as available_backends
 from .backend import load_backend as load_backend
+from .data import IGNORE_INDEX as IGNORE_INDEX
+from .data import BatchSampler as BatchSampler
+from .data import check_batch as check_batch
 from .mixture import MixtureState as MixtureState
 from .mixture import MixtureSummary as MixtureSummary
 from .mixture import MixtureTransform as MixtureTransform
