@@ -3,9 +3,9 @@
 A batch is a dict of host numpy arrays (backends move it to their device):
 
 - ``tokens``: int32 ``(B, T)`` input token ids in ``[0, vocab_size)``.
-- ``labels``: int32 ``(B, T)`` target ids aligned with ``tokens`` (``labels[:, t]`` is scored against
-  the logits at position ``t``); ``IGNORE_INDEX`` marks positions that are not scored (padding).
-- ``domain``: int32 ``(B,)`` domain index in ``[0, M)`` (validation batches: the validation domain).
+- ``labels``: int32 ``(B, T)`` target ids aligned with ``tokens`` (``labels[:, t]`` is scored
+  against the logits at position ``t``); ``IGNORE_INDEX`` marks positions not scored (padding).
+- ``domain``: int32 ``(B,)`` domain index in ``[0, M)`` (validation batches: the val domain).
 
 A sampler is seeded and resumable: its ``state_dict`` (JSON-serialisable) restores the exact stream
 of batches. It keeps one random stream per method, so evaluating never shifts the training batches.
@@ -33,13 +33,13 @@ class BatchSampler(Protocol):
     vocab_size: int
 
     def train_batch(self, per_domain: int) -> Batch:
-        """``M * per_domain`` rows; rows ``[m * b, (m + 1) * b)`` come from domain ``m`` (DoGE style)."""
+        """``M * per_domain`` rows; rows ``[m * b, (m + 1) * b)`` are domain ``m``'s (DoGE)."""
 
     def mixture_batch(self, alpha: np.ndarray, size: int) -> Batch:
         """``size`` rows whose domains are drawn from ``alpha (M,)`` (sampling in proportion)."""
 
     def val_batch(self, size: int) -> Batch:
-        """``size`` validation rows stratified over ``val_domains`` (round-robin when not divisible)."""
+        """``size`` validation rows stratified over ``val_domains`` (round-robin remainder)."""
 
     def eval_batch(self, per_domain: int) -> Batch:
         """Like ``train_batch`` from an independent stream: the batches Delta is evaluated on."""
