@@ -31,9 +31,16 @@ from .backend import Backend as Backend
 from .backend import NumpyBackend as NumpyBackend
 from .backend import available_backends as available_backends
 from .backend import load_backend as load_backend
+from .config import ConfigError as ConfigError
+from .config import TrainConfig as TrainConfig
+from .config import make_transform as make_transform
 from .data import IGNORE_INDEX as IGNORE_INDEX
 from .data import BatchSampler as BatchSampler
 from .data import check_batch as check_batch
+from .driver import MixtureRun as MixtureRun
+from .driver import NonFiniteError as NonFiniteError
+from .driver import RunResult as RunResult
+from .gpt import GPTConfig as GPTConfig
 from .mixture import MixtureState as MixtureState
 from .mixture import MixtureSummary as MixtureSummary
 from .mixture import MixtureTransform as MixtureTransform

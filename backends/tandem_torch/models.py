@@ -1,0 +1,180 @@
+"""Torch models: the built-in tiny GPT (``tandem_core.gpt`` layout) and the model adapter protocol.
+
+A model adapter turns any ``nn.Module`` into ``logits_and_hidden(module, params, tokens)``, called
+functionally (``torch.func.functional_call``) so the twins can share one module and be fused with
+``vmap``. ``TinyGPT`` stores ``(in, out)`` weights under ``tandem_core.gpt`` names, so its
+``state_dict`` IS the numpy parameter dict, and the JAX model loads the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tandem_core.gpt import GPTConfig, gpt_param_shapes, init_gpt_params
+
+__all__ = ["TinyGPT", "logits_and_hidden", "numpy_params", "per_sample_loss", "token_losses"]
+
+IGNORE_INDEX = -100
+
+
+class _Affine(nn.Module):
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out))
+        self.bias = nn.Parameter(torch.empty(n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight + self.bias
+
+
+class _LayerNorm(nn.Module):
+    def __init__(self, d: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(d))
+        self.bias = nn.Parameter(torch.empty(d))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+
+
+class _Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.qkv = _Affine(cfg.d_model, 3 * cfg.d_model)
+        self.proj = _Affine(cfg.d_model, cfg.d_model)
+        self.n_head = cfg.n_head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        hd = d // self.n_head
+        q, k, v = (
+            a.reshape(b, t, self.n_head, hd).transpose(1, 2) for a in self.qkv(x).split(d, dim=-1)
+        )
+        # explicit causal softmax (not SDPA): vmap has no batching rule for the fused CPU kernel
+        scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
+        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        att = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+        return self.proj((att @ v).transpose(1, 2).reshape(b, t, d))
+
+
+class _Block(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.ln1 = _LayerNorm(cfg.d_model, cfg.ln_eps)
+        self.attn = _Attention(cfg)
+        self.ln2 = _LayerNorm(cfg.d_model, cfg.ln_eps)
+        self.mlp = nn.ModuleDict(
+            {
+                "fc": _Affine(cfg.d_model, cfg.mlp_ratio * cfg.d_model),
+                "proj": _Affine(cfg.mlp_ratio * cfg.d_model, cfg.d_model),
+            }
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        h = F.gelu(self.mlp["fc"](self.ln2(x)), approximate="tanh")
+        return x + self.mlp["proj"](h)
+
+
+class TinyGPT(nn.Module):
+    """The built-in decoder-only GPT (architecture and names of ``tandem_core.gpt``).
+
+    Args:
+        cfg: model configuration.
+        params: optional numpy weights ``{name: array}``; default ``init_gpt_params(cfg, seed)``.
+        seed: initialisation seed when ``params`` is not given.
+        dtype: parameter dtype.
+    """
+
+    def __init__(
+        self,
+        cfg: GPTConfig,
+        params: dict[str, np.ndarray] | None = None,
+        *,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Parameter(torch.empty(cfg.vocab_size, cfg.d_model))
+        self.wpe = nn.Parameter(torch.empty(cfg.seq_len, cfg.d_model))
+        self.blocks = nn.ModuleList([_Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = _LayerNorm(cfg.d_model, cfg.ln_eps)
+        self.load_numpy(init_gpt_params(cfg, seed) if params is None else params)
+        self.to(dtype)
+
+    def load_numpy(self, params: dict[str, np.ndarray]) -> None:
+        """Copy numpy weights in (names and shapes of ``tandem_core.gpt.gpt_param_shapes``)."""
+        shapes = gpt_param_shapes(self.cfg)
+        if set(params) != set(shapes):
+            raise ValueError(f"parameter names differ from the layout: {set(params) ^ set(shapes)}")
+        state = {k: torch.as_tensor(np.asarray(v)) for k, v in params.items()}
+        for name, value in state.items():
+            if tuple(value.shape) != shapes[name]:
+                raise ValueError(f"{name}: shape {tuple(value.shape)} != {shapes[name]}")
+        self.load_state_dict(state)
+
+    def forward(self, tokens: torch.Tensor, return_hidden: bool = False) -> Any:
+        """``tokens (B, T)`` -> ``logits (B, T, V)`` (and the final-norm ``hidden (B, T, D)``)."""
+        t = tokens.shape[-1]
+        if t > self.cfg.seq_len:
+            raise ValueError(f"sequence length {t} exceeds the model context {self.cfg.seq_len}")
+        x = self.wte[tokens] + self.wpe[:t]
+        for block in self.blocks:
+            x = block(x)
+        hidden = self.ln_f(x)
+        logits = hidden @ self.wte.T
+        return (logits, hidden) if return_hidden else logits
+
+
+def numpy_params(module: nn.Module) -> dict[str, np.ndarray]:
+    """A module's parameters as ``{name: numpy array}`` (host copies)."""
+    return {k: v.detach().cpu().numpy() for k, v in module.named_parameters()}
+
+
+def logits_and_hidden(module: nn.Module, params: dict, tokens: torch.Tensor) -> tuple:
+    """Functional forward of any causal LM module: ``(logits (B, T, V), hidden (B, T, D))``.
+
+    Accepts modules returning logits, a tuple ``(logits, hidden)``, or a Hugging Face output
+    (``.logits``, ``.hidden_states[-1]``).
+    """
+    if isinstance(module, TinyGPT):
+        return torch.func.functional_call(module, params, (tokens,), {"return_hidden": True})
+    out = torch.func.functional_call(module, params, (tokens,), {"output_hidden_states": True})
+    if hasattr(out, "logits"):
+        return out.logits, out.hidden_states[-1]
+    return out if isinstance(out, tuple) else (out, None)
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy ``(B, T)``; 0 where ``labels == IGNORE_INDEX``."""
+    b, t, v = logits.shape
+    flat = F.cross_entropy(
+        logits.reshape(b * t, v).float()
+        if logits.dtype == torch.bfloat16
+        else logits.reshape(b * t, v),
+        labels.reshape(b * t).long(),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    )
+    return flat.reshape(b, t)
+
+
+def per_sample_loss(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-mean cross-entropy per sample over scored labels: ``(loss (B,), scored (B,))``.
+
+    A sample with no scored token has loss 0 and ``scored`` 0 (it is left out of the statistics).
+    """
+    keep = labels != IGNORE_INDEX
+    n = keep.sum(-1)
+    loss = token_losses(logits, labels).sum(-1) / n.clamp_min(1).to(logits.dtype)
+    return loss, n
