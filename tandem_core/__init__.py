@@ -13,6 +13,7 @@ Pure functions over the Array API (numpy, torch, jax, ...); never imports torch 
 [0.4333, 0.3333, 0.2333]
 """
 
+from ._utils import tree_map as tree_map
 from .accounting import MISSING_POLICIES as MISSING_POLICIES
 from .accounting import DomainStats as DomainStats
 from .accounting import TwinStats as TwinStats

@@ -32,6 +32,18 @@ def check_rank(name: str, x: Array, ndim: int, layout: str) -> None:
         raise ValueError(f"{name} must have rank {ndim} {layout}, got shape {tuple(x.shape)}")
 
 
+def _cumsum(x: Array, *, xp: Any) -> Array:
+    """Cumulative sum over the last axis, keeping the dtype.
+
+    The native ``cumsum`` where the namespace has one: array-api-compat's ``cumulative_sum``
+    wrapper re-inspects the namespace through ``lru_cache``, which ``torch.compile`` warns about.
+    """
+    native = getattr(xp, "cumsum", None)
+    if native is None:
+        return xp.cumulative_sum(x, axis=-1, dtype=x.dtype)
+    return native(x, axis=-1, dtype=x.dtype)
+
+
 def position_weights(mask: Array, *, dtype: Any = None, counting: str = "valid") -> Array:
     """Position weights ``omega_i = i / sum_j j`` over the valid tokens of each row (SPEC 2.3).
 
@@ -55,7 +67,7 @@ def position_weights(mask: Array, *, dtype: Any = None, counting: str = "valid")
     dtype = float_dtype(mask, xp=xp) if dtype is None else dtype
     valid = xp.astype(mask if xp.isdtype(mask.dtype, "bool") else mask != 0, xp.int32)
     if counting == "valid":
-        pos = xp.cumulative_sum(valid, axis=-1) * valid
+        pos = _cumsum(valid, xp=xp) * valid
     else:
         ramp = xp.arange(1, mask.shape[-1] + 1, dtype=xp.int32, device=array_device(mask))
         pos = ramp[None, :] * valid

@@ -191,12 +191,14 @@ def jsd_update(
     values = []
     for i, j in pairs:
         if keep is None:
-            jsd = _s.jsd_from_log_probs(log_p[i], log_p[j], prob[i], prob[j], axis=-1, xp=xp)
+            jsd = _s.jsd_from_log_probs(
+                log_p[i, ...], log_p[j, ...], prob[i, ...], prob[j, ...], axis=-1, xp=xp
+            )
         else:
-            union = keep[i] | keep[j]
+            union = keep[i, ...] | keep[j, ...]
             neg_inf = xp.asarray(-math.inf, dtype=x.dtype, device=array_device(x))
-            lp = _s.log_softmax(xp.where(union, x[i], neg_inf), axis=-1, xp=xp)
-            lq = _s.log_softmax(xp.where(union, x[j], neg_inf), axis=-1, xp=xp)
+            lp = _s.log_softmax(xp.where(union, x[i, ...], neg_inf), axis=-1, xp=xp)
+            lq = _s.log_softmax(xp.where(union, x[j, ...], neg_inf), axis=-1, xp=xp)
             jsd = _s.jsd_from_log_probs(lp, lq, xp.exp(lp), xp.exp(lq), axis=-1, xp=xp)
         jsd = xp.astype(jsd, out_dtype)
         values.append(xp.sum(xp.where(live, jsd * weight, xp.zeros_like(jsd))))

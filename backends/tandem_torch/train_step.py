@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import tandem_core as tc
-from tandem_core._utils import tree_map
+from tandem_core import tree_map
 from tandem_core.config import ConfigError, TrainConfig
 
 from .grads import doge_gradients

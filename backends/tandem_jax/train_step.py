@@ -1,0 +1,338 @@
+"""The JAX ``TwinTrainer``: jitted steps of the proxy u and the reference w (SPEC 1.3).
+
+Each step (probe: both twins; free; twin evaluation + mixture update; DoReMi; DoGE) is ONE jitted
+function of arrays. Batches enter with an explicit ``jax.device_put`` (sharded over a ``data`` mesh
+axis when several devices are given, the statistics then reduced by the compiler), and nothing is
+read back until the driver logs: the loop runs under ``jax.transfer_guard("disallow")``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import tandem_core as tc
+from tandem_core.config import ConfigError, TrainConfig
+
+from .grads import doge_gradients
+from .models import per_sample_loss, token_losses
+from .optim import make_optimizer
+
+__all__ = ["TwinTrainer"]
+
+
+def segment_sum(data: jax.Array, ids: jax.Array, num_segments: int) -> jax.Array:
+    """``jax.ops.segment_sum`` with the core's ``(data, ids, M)`` signature."""
+    return jax.ops.segment_sum(data, ids, num_segments=num_segments)
+
+
+def _stats(losses: jax.Array, scored: jax.Array, ids: jax.Array, m: int) -> tc.DomainStats:
+    counts = (scored > 0).astype(losses.dtype)
+    return tc.domain_stats(losses, ids, m, counts=counts, checked=False, segment_sum=segment_sum)
+
+
+def _objective(stats: tc.DomainStats, alpha: jax.Array | None) -> jax.Array:
+    if alpha is None:  # batch sampled in proportion to alpha: plain mean
+        return stats.sums.sum() / jnp.maximum(stats.counts.sum(), 1)
+    means, _ = tc.domain_means(stats)
+    return (alpha.astype(means.dtype) * means).sum()
+
+
+def _apply(
+    tx: optax.GradientTransformation, params: Any, opt: Any, grads: Any, loss: jax.Array
+) -> tuple:
+    finite = jnp.isfinite(loss)
+    grads = jax.tree.map(
+        lambda g: jnp.where(finite, jnp.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0), 0), grads
+    )
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), opt, ~finite
+
+
+def _count(counters: tuple, bad: jax.Array) -> tuple:
+    step, nonfinite, first = counters
+    first = jnp.where(bad & (first < 0), step, first)
+    return step + 1, nonfinite + bad.astype(nonfinite.dtype), first
+
+
+class TwinTrainer:
+    """JAX engine of ``tandem_core.MixtureRun``: twins as equinox pytrees, optax optimizers.
+
+    Args:
+        model: the proxy u, an equinox module ``model(tokens) -> (logits, hidden)``.
+        config: the training configuration.
+        num_domains: M.
+        num_val_domains: validation domains (default M).
+        devices: devices of the ``data`` mesh axis (default: one device, no sharding).
+        optimizer: ``f(cfg, lr) -> optax.GradientTransformation`` (default from ``config``).
+    """
+
+    def __init__(
+        self,
+        model: eqx.Module,
+        config: TrainConfig,
+        num_domains: int,
+        *,
+        num_val_domains: int | None = None,
+        devices: list | None = None,
+        optimizer: Callable[..., optax.GradientTransformation] | None = None,
+    ) -> None:
+        if config.method == "doge" and config.sampling != "reweight":
+            raise ConfigError("method='doge' needs sampling='reweight' (per-domain sub-batches)")
+        if config.dtype == "float64" and not jax.config.jax_enable_x64:
+            raise ConfigError("dtype='float64' needs jax_enable_x64 (JAX_ENABLE_X64=1)")
+        self.cfg, self.m, self.v = config, num_domains, num_val_domains or num_domains
+        self.dtype = jnp.dtype(config.dtype)
+        self.mesh = Mesh(np.asarray(devices), ("data",)) if devices and len(devices) > 1 else None
+        params, self.static = eqx.partition(model, eqx.is_inexact_array)
+        params = jax.tree.map(lambda a: a.astype(self.dtype), params)
+        self.pu = self.pw = self._replicate(params)
+        make = optimizer or make_optimizer
+        self.tx_u, self.tx_w = (
+            make(config, config.lr),
+            make(config, config.lr_reference or config.lr),
+        )
+        self.ou = self.ow = self.tx_u.init(self.pu)
+        zero = jnp.zeros((), jnp.int32)
+        self.counters_ = (zero, zero, zero - 1)
+        self.xp = jnp
+        self._probe = jax.jit(self._probe_impl)
+        self._free = jax.jit(self._free_impl, static_argnames=("reference",))
+        self._twin = jax.jit(self._twin_impl, static_argnames=("update",))
+        self._doremi = jax.jit(self._doremi_impl, static_argnames=("update",))
+        self._doge = jax.jit(self._doge_impl, static_argnames=("update",))
+        self._eval = jax.jit(self._losses)
+
+    # ------------------------------------------------------------------ placement
+    def _replicate(self, tree: Any) -> Any:
+        if self.mesh is None:
+            return tree
+        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
+
+    def _device_batch(self, batch: dict) -> dict:
+        spec = None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec("data"))
+        return {k: jax.device_put(np.asarray(v), spec) for k, v in batch.items()}
+
+    def to_device_tree(self, tree: Any) -> Any:
+        """Put a nest of host arrays on the device (replicated over the mesh), dtypes kept."""
+        return self._replicate(tc.tree_map(lambda a: jax.device_put(np.asarray(a)), tree))
+
+    # ------------------------------------------------------------------ pure steps
+    def _losses(self, params: Any, tokens: jax.Array, labels: jax.Array) -> tuple:
+        logits, _ = eqx.combine(params, self.static)(tokens)
+        return per_sample_loss(logits, labels)
+
+    def _twin_losses(self, pu: Any, pw: Any, tokens: jax.Array, labels: jax.Array) -> tuple:
+        if not self.cfg.fuse_twins:
+            (lu, n), (lw, _) = self._losses(pu, tokens, labels), self._losses(pw, tokens, labels)
+            return lu, lw, n
+        stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), pu, pw)
+        both, n = jax.vmap(self._losses, in_axes=(0, None, None))(stacked, tokens, labels)
+        return both[0], both[1], n[0]
+
+    def _probe_impl(self, pu, ou, pw, ow, counters, train, val, alpha) -> tuple:
+        ids, gamma = train["domain"], self.cfg.gamma
+
+        def total(pair: tuple) -> tuple:
+            lu, lw, n = self._twin_losses(pair[0], pair[1], train["tokens"], train["labels"])
+            su, sw = _stats(lu, n, ids, self.m), _stats(lw, n, ids, self.m)
+            lv, nv = self._losses(pair[1], val["tokens"], val["labels"])
+            means, present = tc.domain_means(_stats(lv, nv, val["domain"], self.v))
+            loss_u = _objective(su, alpha)
+            loss_w = means.sum() / jnp.maximum(present.sum(), 1) + gamma * _objective(sw, alpha)
+            return loss_u + loss_w, (loss_u, loss_w, su)
+
+        (_, (loss_u, loss_w, su)), (gu, gw) = jax.value_and_grad(total, has_aux=True)((pu, pw))
+        pu, ou, bad_u = _apply(self.tx_u, pu, ou, gu, loss_u)
+        pw, ow, bad_w = _apply(self.tx_w, pw, ow, gw, loss_w)
+        return pu, ou, pw, ow, _count(counters, bad_u | bad_w), su
+
+    def _free_impl(self, params, opt, counters, train, alpha, *, reference: bool) -> tuple:
+        def loss(p: Any) -> tuple:
+            stats = _stats(
+                *self._losses(p, train["tokens"], train["labels"]), train["domain"], self.m
+            )
+            return _objective(stats, alpha), stats
+
+        (value, stats), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        params, opt, bad = _apply(self.tx_w if reference else self.tx_u, params, opt, grads, value)
+        return params, opt, _count(counters, bad), stats
+
+    def _twin_impl(self, pu, pw, batch, state, *, update: Callable) -> tuple:
+        lu, lw, n = self._twin_losses(pu, pw, batch["tokens"], batch["labels"])
+        twin = tc.TwinStats(
+            _stats(lu, n, batch["domain"], self.m), _stats(lw, n, batch["domain"], self.m)
+        )
+        diffs = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.sum(jnp.square(a - b)), pu, pw))
+        info = {"delta": tc.twin_delta(twin)[0], "twin_distance": jnp.sqrt(sum(diffs))}
+        return update(state, twin), info
+
+    def _doremi_impl(self, pu, ou, pw, counters, batch, state, *, update: Callable | None) -> tuple:
+        tokens, labels, ids = batch["tokens"], batch["labels"], batch["domain"]
+        keep = labels != tc.IGNORE_INDEX
+        ref = token_losses(eqx.combine(pw, self.static)(tokens)[0], labels)
+        tok_u = token_losses(eqx.combine(pu, self.static)(tokens)[0], labels)
+        if update is not None:
+            excess = tc.excess_loss_stats(
+                tok_u, ref, keep, ids, self.m, checked=False, segment_sum=segment_sum
+            )
+            state = update(state, excess)
+        alpha = state.alpha if self.cfg.sampling == "reweight" else None
+        n = keep.sum(-1)
+
+        def loss(p: Any) -> tuple:
+            tok = token_losses(eqx.combine(p, self.static)(tokens)[0], labels)
+            stats = _stats(tok.sum(-1) / jnp.maximum(n, 1).astype(tok.dtype), n, ids, self.m)
+            return _objective(stats, alpha), stats
+
+        (value, stats), grads = jax.value_and_grad(loss, has_aux=True)(pu)
+        pu, ou, bad = _apply(self.tx_u, pu, ou, grads, value)
+        return pu, ou, _count(counters, bad), state, stats
+
+    def _doge_impl(self, pu, ou, counters, train, val, state, *, update: Callable | None) -> tuple:
+        grads, val_grad, losses, n = doge_gradients(self._losses, pu, train, val, self.m, self.v)
+        scores = sum(
+            jax.tree.leaves(
+                jax.tree.map(lambda g, v: g.reshape(self.m, -1) @ v.reshape(-1), grads, val_grad)
+            )
+        )
+        if update is not None:
+            state = update(state, scores)
+        combined = jax.tree.map(
+            lambda g: jnp.tensordot(state.alpha.astype(g.dtype), g, axes=1), grads
+        )
+        finite = jnp.isfinite(scores).all() & jnp.isfinite(losses).all()
+        pu, ou, bad = _apply(self.tx_u, pu, ou, combined, jnp.where(finite, 0.0, jnp.nan))
+        return pu, ou, _count(counters, bad), state, _stats(losses, n, train["domain"], self.m)
+
+    # ------------------------------------------------------------------ engine API
+    def init_mixture(self, transform: tc.MixtureTransform, num_domains: int) -> tc.MixtureState:
+        """``transform.init`` as JAX arrays in the training dtype."""
+        return self._replicate(transform.init(num_domains, xp=jnp, dtype=self.dtype))
+
+    def sync(self) -> None:
+        """``w <- u``: parameters and optimizer state (immutable arrays: sharing them is a copy)."""
+        self.pw, self.ow = self.pu, self.ou
+
+    def probe(self, train: dict, val: dict, alpha: jax.Array | None) -> tc.DomainStats:
+        """Both twins' probing step, jitted as one function."""
+        out = self._probe(
+            self.pu,
+            self.ou,
+            self.pw,
+            self.ow,
+            self.counters_,
+            self._device_batch(train),
+            self._device_batch(val),
+            alpha,
+        )
+        self.pu, self.ou, self.pw, self.ow, self.counters_, stats = out
+        return stats
+
+    def free(self, train: dict, alpha: jax.Array | None, *, model: str = "proxy") -> tc.DomainStats:
+        """One jitted step of u (or of w, DoReMi's reference phase)."""
+        reference = model == "reference"
+        params, opt = (self.pw, self.ow) if reference else (self.pu, self.ou)
+        params, opt, self.counters_, stats = self._free(
+            params, opt, self.counters_, self._device_batch(train), alpha, reference=reference
+        )
+        if reference:
+            self.pw, self.ow = params, opt
+        else:
+            self.pu, self.ou = params, opt
+        return stats
+
+    def twin_update(self, batch: dict, state: tc.MixtureState, update: Callable) -> tuple:
+        """Twin evaluation, Delta and the mixture update in one jitted function."""
+        return self._twin(self.pu, self.pw, self._device_batch(batch), state, update=update)
+
+    def twin_distance(self) -> jax.Array:
+        """``||u - w||`` over all parameters."""
+        return jnp.sqrt(
+            sum(
+                jax.tree.leaves(
+                    jax.tree.map(lambda a, b: jnp.sum(jnp.square(a - b)), self.pu, self.pw)
+                )
+            )
+        )
+
+    def doremi_step(self, train: dict, state: tc.MixtureState, update: Callable | None) -> tuple:
+        """DoReMi Alg. 1 in one jitted function (reference w frozen)."""
+        out = self._doremi(
+            self.pu,
+            self.ou,
+            self.pw,
+            self.counters_,
+            self._device_batch(train),
+            state,
+            update=update,
+        )
+        self.pu, self.ou, self.counters_, state, stats = out
+        return state, stats
+
+    def doge_step(
+        self, train: dict, val: dict, state: tc.MixtureState, update: Callable | None
+    ) -> tuple:
+        """DoGE in one jitted function (per-domain gradients by ``jax.vmap(jax.grad)``)."""
+        out = self._doge(
+            self.pu,
+            self.ou,
+            self.counters_,
+            self._device_batch(train),
+            self._device_batch(val),
+            state,
+            update=update,
+        )
+        self.pu, self.ou, self.counters_, state, stats = out
+        return state, stats
+
+    def evaluate(self, batches: list[dict]) -> np.ndarray:
+        """Proxy loss per batch (mean over samples with scored tokens): host float64 ``(len,)``."""
+        out = []
+        for batch in batches:
+            b = self._device_batch(batch)
+            loss, n = self._eval(self.pu, b["tokens"], b["labels"])
+            keep = (n > 0).astype(loss.dtype)
+            out.append((loss * keep).sum() / jnp.maximum(keep.sum(), 1))
+        return np.asarray(jnp.stack(out), dtype=np.float64) if out else np.zeros(0)
+
+    def counters(self) -> dict[str, jax.Array]:
+        """Device counters: steps with a non-finite loss, and the first such step (-1: none)."""
+        return {"nonfinite": self.counters_[1], "first_nonfinite": self.counters_[2]}
+
+    def proxy_model(self) -> eqx.Module:
+        """The proxy u as an equinox module."""
+        return eqx.combine(self.pu, self.static)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """Both models' and optimizers' leaves (the tree structure comes from this trainer)."""
+        return {
+            "proxy": jax.tree.leaves(self.pu),
+            "reference": jax.tree.leaves(self.pw),
+            "opt_u": jax.tree.leaves(self.ou),
+            "opt_w": jax.tree.leaves(self.ow),
+            "counters": list(self.counters_),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict`` into this trainer's tree structures."""
+
+        def load(like: Any, leaves: list) -> Any:
+            treedef = jax.tree.structure(like)
+            if treedef.num_leaves != len(leaves):
+                raise ValueError(
+                    f"checkpoint has {len(leaves)} leaves, the trainer expects {treedef.num_leaves}"
+                )
+            return self.to_device_tree(jax.tree.unflatten(treedef, [np.asarray(x) for x in leaves]))
+
+        self.pu, self.pw = load(self.pu, state["proxy"]), load(self.pw, state["reference"])
+        self.ou, self.ow = load(self.ou, state["opt_u"]), load(self.ow, state["opt_w"])
+        self.counters_ = tuple(self.to_device_tree([np.asarray(c) for c in state["counters"]]))
