@@ -93,5 +93,25 @@ from .state import CorruptStateError as CorruptStateError
 from .state import load_state as load_state
 from .state import read_metadata as read_metadata
 from .state import save_state as save_state
+from .taskpgm import AFFINITY_KINDS as AFFINITY_KINDS
+from .taskpgm import SOLVER_METHODS as SOLVER_METHODS
+from .taskpgm import UTILITY_KINDS as UTILITY_KINDS
+from .taskpgm import PairwiseJSD as PairwiseJSD
+from .taskpgm import TaskPGMResult as TaskPGMResult
+from .taskpgm import affinity as affinity
+from .taskpgm import default_mu as default_mu
+from .taskpgm import energy as energy
+from .taskpgm import greedy_subset as greedy_subset
+from .taskpgm import interaction_matrix as interaction_matrix
+from .taskpgm import jensen_shannon as jensen_shannon
+from .taskpgm import jsd_init as jsd_init
+from .taskpgm import jsd_result as jsd_result
+from .taskpgm import jsd_update as jsd_update
+from .taskpgm import kkt_residual as kkt_residual
+from .taskpgm import pmi_affinity as pmi_affinity
+from .taskpgm import solve_mixture as solve_mixture
+from .taskpgm import subset_mixture as subset_mixture
+from .taskpgm import taskpgm_mixture as taskpgm_mixture
+from .taskpgm import unary_utility as unary_utility
 
 __version__ = "0.1.0"

@@ -18,7 +18,7 @@ from ._transform import MixtureState, MixtureTransform, mixture_summary
 from ._utils import Array, to_numpy
 from .accounting import DomainStats, domain_means, merge_stats
 from .config import TrainConfig, make_transform
-from .data import Batch, BatchSampler
+from .data import Batch, BatchSampler, check_batch
 from .schedule import Phase
 
 __all__ = ["Engine", "MixtureRun", "NonFiniteError", "RunResult"]
@@ -51,6 +51,9 @@ class Engine(Protocol):
 
     def twin_update(self, batch: Batch, state: MixtureState, update: UpdateFn) -> tuple:
         """Evaluate both twins per domain (no grad), step the mixture; ``(state, info)``."""
+
+    def mixture_update(self, state: MixtureState, stats: Any, update: UpdateFn) -> MixtureState:
+        """``update(state, stats)`` compiled the backend's way (jit) for on-device statistics."""
 
     def doremi_step(self, train: Batch, state: MixtureState, update: UpdateFn | None) -> tuple:
         """DoReMi: excess loss vs the frozen reference w, mixture update, proxy step."""
@@ -157,6 +160,7 @@ class MixtureRun:
             self.engine.sync()
         elif phase is Phase.UPDATE:
             batch = self.sampler.eval_batch(self.config.eval_per_domain)
+            batch = self._checked(batch, len(self.domains))
             self.state, self._info = self.engine.twin_update(
                 batch, self.state, self.transform.update
             )
@@ -164,8 +168,7 @@ class MixtureRun:
         else:
             train = self._train_batch()
             if phase is Phase.PROBE:
-                val = self.sampler.val_batch(self.config.val_batch_size)
-                stats = self.engine.probe(train, val, self._weights())
+                stats = self.engine.probe(train, self._val_batch(), self._weights())
             else:
                 stats = self.engine.free(train, self._weights())
             self._trained(stats)
@@ -178,26 +181,34 @@ class MixtureRun:
         if cfg.method == "doremi":
             self.state, stats = self.engine.doremi_step(train, self.state, update)
         elif cfg.method == "doge":
-            val = self.sampler.val_batch(cfg.val_batch_size)
-            self.state, stats = self.engine.doge_step(train, val, self.state, update)
+            self.state, stats = self.engine.doge_step(train, self._val_batch(), self.state, update)
         else:
             stats = self.engine.free(train, self._weights())
             update = self.transform.update if self.proxy_step % cfg.update_every == 0 else None
-            if update is not None:
-                self.state = update(self.state, self.state.alpha)  # static: only counts
+            if update is not None:  # static mixtures: the update only counts
+                self.state = self.engine.mixture_update(self.state, self.state.alpha, update)
         if update is not None:
             self._record()
         self._trained(stats)
 
     def _train_batch(self, uniform: bool = False) -> Batch:
         if self.config.sampling == "sample":
-            alpha = (
-                np.full(len(self.domains), 1 / len(self.domains)) if uniform else self._host_alpha()
-            )
-            return self.sampler.mixture_batch(
-                alpha, self.config.batch_per_domain * len(self.domains)
-            )
-        return self.sampler.train_batch(self.config.batch_per_domain)
+            m = len(self.domains)
+            alpha = np.full(m, 1 / m) if uniform else self._host_alpha()
+            batch = self.sampler.mixture_batch(alpha, self.config.batch_per_domain * m)
+        else:
+            batch = self.sampler.train_batch(self.config.batch_per_domain)
+        return self._checked(batch, len(self.domains))
+
+    def _checked(self, batch: Batch, num_domains: int) -> Batch:
+        # host-side numpy checks: a bad id never reaches the device, where it would be dropped
+        # silently (JAX) or crash the process (CUDA), and no device value is read
+        vocab = getattr(self.engine, "vocab_size", None) or self.sampler.vocab_size
+        return check_batch(batch, num_domains=num_domains, vocab_size=vocab)
+
+    def _val_batch(self) -> Batch:
+        batch = self.sampler.val_batch(self.config.val_batch_size)
+        return self._checked(batch, len(self.sampler.val_domains))
 
     def _weights(self) -> Array | None:
         return None if self.config.sampling == "sample" else self.state.alpha

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _taskpgm_solve as _s
-from ._utils import Array, array_device, as_namespace, namespace, to_numpy
+from ._utils import Array, array_device, as_namespace, float_dtype, namespace, to_numpy
 
 __all__ = [
     "AFFINITY_KINDS",
@@ -75,9 +75,10 @@ def jensen_shannon(
     """Jensen–Shannon divergence of the softmaxes of two logit arrays (SPEC 3.3 step 2).
 
     ``JSD = 0.5 KL(P||M) + 0.5 KL(Q||M)``, ``M = (P + Q)/2``, in nats, in ``[0, ln 2]``: 0 for
-    identical distributions, ``ln 2`` for disjoint supports. Computed from max-shifted
-    log-softmaxes with ``log M = logaddexp(log P, log Q) - ln 2``; zero probabilities (including
-    ``-inf`` logits) contribute exactly 0, never NaN. bf16/fp16 logits are computed in float32.
+    identical distributions (exactly), ``ln 2`` for disjoint supports. Computed from max-shifted
+    log-softmaxes and a stable log-sum-exp for ``log M``, never ``P + Q`` in linear space; zero
+    probabilities (including ``-inf`` logits) contribute exactly 0, never NaN. bf16/fp16 logits
+    are computed in float32.
 
     Top-k truncation (SPEC 3.4, DERIVED definition): keep the union of P's and Q's top-k tokens
     (every token whose logit is ``>=`` the k-th largest, so ties may keep more than k) and
@@ -150,12 +151,12 @@ def jsd_update(
 ) -> PairwiseJSD:
     """Add one probe batch: the masked per-token JSD of every model pair (SPEC 3.3 step 2, 3.6).
 
-    Log-softmaxes (and top-k sets) are computed once per model, then only the ``N(N-1)/2`` pairs
-    ``i < j`` are evaluated, one pair at a time so the extra memory is a few ``(..., V)`` arrays,
-    and mirrored into the symmetric sum. Sums and counts are token-weighted, so after several
-    batches ``jsd_result`` equals the token mean over their concatenation (SPEC:
-    ``D_ij = E_{(x,t) in X} JSD``). Masked-out positions contribute nothing, even if their logits
-    are NaN. Pure and jit-safe (``N`` and ``top_k`` are static).
+    Only the ``N(N-1)/2`` pairs ``i < j`` are evaluated, one at a time (extra memory: a few
+    ``(..., V)`` arrays), and mirrored into the symmetric sum. Sums and counts are token-weighted,
+    so after several batches ``jsd_result`` is the token mean over their concatenation (SPEC:
+    ``D_ij = E_{(x,t) in X} JSD``). Masked-out positions contribute nothing, even NaN logits
+    there. Pure and jit-safe (``N`` and ``top_k`` are static). For a large vocabulary keep
+    ``N * B * T * V`` floats within memory by choosing the probe batch size (SPEC 3.6).
 
     Args:
         state: the accumulator for ``N`` models.
@@ -183,30 +184,12 @@ def jsd_update(
         if mask is None
         else xp.astype(mask, out_dtype)
     )
-    live = weight > 0
-    keep = None if top_k is None else _s.top_k_mask(x, top_k, axis=-1, xp=xp)
-    log_p = _s.log_softmax(x, axis=-1, xp=xp)
-    prob = xp.exp(log_p)
-    pairs, basis = _s.pair_basis(n)
-    values = []
-    for i, j in pairs:
-        if keep is None:
-            jsd = _s.jsd_from_log_probs(
-                log_p[i, ...], log_p[j, ...], prob[i, ...], prob[j, ...], axis=-1, xp=xp
-            )
-        else:
-            union = keep[i, ...] | keep[j, ...]
-            neg_inf = xp.asarray(-math.inf, dtype=x.dtype, device=array_device(x))
-            lp = _s.log_softmax(xp.where(union, x[i, ...], neg_inf), axis=-1, xp=xp)
-            lq = _s.log_softmax(xp.where(union, x[j, ...], neg_inf), axis=-1, xp=xp)
-            jsd = _s.jsd_from_log_probs(lp, lq, xp.exp(lp), xp.exp(lq), axis=-1, xp=xp)
-        jsd = xp.astype(jsd, out_dtype)
-        values.append(xp.sum(xp.where(live, jsd * weight, xp.zeros_like(jsd))))
+    values = _s.pair_sums(x, weight, top_k, xp=xp)
     added = xp.zeros_like(state.sum)
-    if values:
-        basis = xp.asarray(basis, dtype=out_dtype, device=array_device(state.sum))
+    if values:  # mirror the upper pairs into the symmetric (N, N) sum: no scatter needed
+        basis = xp.asarray(_s.pair_basis(n), dtype=out_dtype, device=array_device(state.sum))
         added = xp.sum(xp.reshape(xp.stack(values), (-1, 1, 1)) * basis, axis=0)
-    count = xp.sum(xp.where(live, weight, xp.zeros_like(weight)))
+    count = xp.sum(xp.where(weight > 0, weight, xp.zeros_like(weight)))
     return PairwiseJSD(sum=state.sum + added, count=state.count + count)
 
 
@@ -237,9 +220,10 @@ def affinity(D: Array, kind: str = "linear", sigma: float | None = None) -> Arra
 
     ``kind="linear"``: ``S = 1 - D / ln 2`` (in [0, 1] for D in [0, ln 2]). ``kind="exp"``:
     ``S = exp(-D / sigma)``; with ``sigma=None`` sigma is the mean off-diagonal divergence (a
-    DERIVED scale heuristic, computed on device). Averages of JSDs are conditionally negative
-    definite, so the exp affinity is positive semi-definite for every sigma (Schoenberg), which
-    keeps the default ridge ``mu = lam`` (see ``default_mu``).
+    DERIVED scale heuristic, computed on device). The full-vocabulary JSD is conditionally
+    negative definite (its square root is a Hilbertian metric), and so is its token mean, so the
+    exp affinity is positive semi-definite for every sigma (Schoenberg): the default ridge is
+    then ``mu = lam`` (see ``default_mu``).
 
     Args:
         D: array ``(N, N)`` of divergences in nats, any real floating dtype.
@@ -339,8 +323,9 @@ def unary_utility(
     xp = namespace(S, val_loss, base_loss)
     if needs_s:
         n = _check_square("S", S)
-        coverage = xp.mean(S, axis=1)
+        coverage = xp.mean(xp.astype(S, float_dtype(S, xp=xp)), axis=1)
     if needs_loss:
+        val_loss = xp.astype(val_loss, float_dtype(val_loss, xp=xp))
         if val_loss.ndim != 1 or (needs_s and val_loss.shape[0] != n):
             raise ValueError(
                 f"val_loss must have shape (N,) matching S, got {tuple(val_loss.shape)}"
@@ -427,9 +412,11 @@ def kkt_residual(p: Any, u: Any, A: Any, *, support_tol: float = 1e-9) -> float:
     ``max(|g_i - c|`` on the support, ``c - g_i`` off it (must be <= 0), ``|1^T p - 1|``,
     ``-min p)``. Zero (up to roundoff) exactly at the minimiser for positive definite ``A``.
     """
-    A = _s.as_affinity(A)
+    A = _s.as_affinity(A, name="A")
     u = _s.as_utility(u, A.shape[0])
     p = np.asarray(to_numpy(p), dtype=np.float64)
+    if p.shape != u.shape:
+        raise ValueError(f"p must have shape {u.shape}, got {p.shape}")
     return _s.gradient_gap(p, u, A, support_tol)
 
 
@@ -441,7 +428,7 @@ def solve_mixture(
     mu: float | None = None,
     method: str = "active_set",
     tau_e: float = 0.1,
-    damping: float = 0.5,
+    damping: float | None = None,
     tol: float = 1e-10,
     max_iter: int = 100_000,
 ) -> np.ndarray:
@@ -455,10 +442,11 @@ def solve_mixture(
       exact minimiser (see ``_taskpgm_solve.active_set``). Needs ``A`` positive definite.
     - ``"pgd"``: projected gradient with ``project_simplex``, step ``1/L`` (accelerated with
       restarts when ``A`` is positive definite; a stationary point otherwise).
-    - ``"mean_field"``: damped fixed point ``p <- (1 - beta) p + beta softmax((u - A p)/tau_e)``,
-      the minimiser of ``E(p) + tau_e sum p log p``. With ``mu = 0`` the exponent is the SPEC's
-      ``u_i - lam sum_{j != i} S_ij p_j``; the default ``mu`` keeps all three methods on the same
-      ``E`` (mean field tends to the active-set solution as ``tau_e -> 0``).
+    - ``"mean_field"``: damped fixed point of ``p = softmax((u - A p)/tau_e)``, the minimiser of
+      ``E(p) + tau_e sum p log p`` (damped in log space, see ``_taskpgm_solve.mean_field``). With
+      ``mu = 0`` the exponent is the SPEC's ``u_i - lam sum_{j != i} S_ij p_j``; the default
+      ``mu`` keeps all three methods on the same ``E`` (mean field tends to the active-set
+      solution as ``tau_e -> 0``).
 
     Host side: inputs of any namespace are copied to numpy float64; ``S`` is symmetrised.
 
@@ -469,7 +457,8 @@ def solve_mixture(
         mu: ridge >= 0; ``default_mu(S, lam)`` when None.
         method: one of ``SOLVER_METHODS``.
         tau_e: entropy temperature > 0 (``"mean_field"`` only).
-        damping: initial damping ``beta`` in (0, 1] (``"mean_field"`` only).
+        damping: damping ``beta`` in (0, 1] (``"mean_field"`` only); None for the convergent
+            ``tau_e / (tau_e + max|A_ij|)``.
         tol: stopping tolerance (KKT multipliers, iterate change, fixed-point residual).
         max_iter: iteration cap.
 
@@ -484,9 +473,8 @@ def solve_mixture(
     A = interaction_matrix(S, lam=lam, mu=mu)
     u = _s.as_utility(u, A.shape[0])
     tau_e = _s.check_positive_scalar("tau_e", tau_e, allow_zero=False)
-    damping = _s.check_positive_scalar("damping", damping, allow_zero=False)
-    if damping > 1.0:
-        raise ValueError(f"damping must be in (0, 1], got {damping}")
+    if damping is not None and not (isinstance(damping, (int, float)) and 0.0 < damping <= 1.0):
+        raise ValueError(f"damping must be None or a number in (0, 1], got {damping!r}")
     if not (isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
     if A.shape[0] == 1:
@@ -517,8 +505,11 @@ def greedy_subset(
     ``u_i - lam sum_{j in A} S_ij`` (ties: lowest index). With ``stop_early`` (DERIVED default)
     it stops once the best gain is ``<= 0``, since adding more would lower ``F`` and the budget
     is an upper bound, but it always returns at least one index (an empty set is no mixture).
-    For ``S >= 0`` ``F`` is submodular (weakly submodular in general), so greedy carries the
-    ``1 - e^{-gamma}`` guarantee of Das & Kempe (2011) where that analysis applies.
+    An exact duplicate of a selected task gains at most ``u_i - lam`` (``S_ij = 1``), so it is
+    never added once ``lam >= max u`` (standardised u: ``lam >= sqrt(N - 1)`` suffices). For
+    ``S >= 0`` ``F`` has diminishing gains (submodular) but is not monotone; the SPEC's
+    ``1 - e^{-gamma}`` bound (Das & Kempe 2011) assumes monotonicity, which holds only while
+    gains stay positive, as ``stop_early`` keeps them.
 
     Args:
         u: array ``(N,)`` utility.

@@ -64,3 +64,17 @@ def pytest_report_header(config):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def pytest_configure(config):
+    # JAX: compile each step function once per machine, not once per trainer/test (CPU XLA
+    # executables are cacheable); the cache lives in pytest's cache directory
+    try:
+        import jax
+    except ImportError:
+        return
+    cache = config.cache.mkdir("jax-compilation") if config.cache is not None else None
+    if cache is not None:
+        jax.config.update("jax_compilation_cache_dir", str(cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

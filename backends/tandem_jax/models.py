@@ -22,6 +22,11 @@ __all__ = ["TinyGPT", "per_sample_loss", "to_numpy", "token_losses"]
 IGNORE_INDEX = -100
 
 
+def _lead(v: jax.Array, ndim: int) -> jax.Array:
+    """Explicit leading axes for broadcasting (code stays valid under strict rank promotion)."""
+    return v.reshape((1,) * (ndim - v.ndim) + v.shape)
+
+
 class Affine(eqx.Module):
     """``x @ weight + bias`` with ``weight (in, out)``."""
 
@@ -29,7 +34,7 @@ class Affine(eqx.Module):
     bias: jax.Array
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return x @ self.weight + self.bias
+        return x @ self.weight + _lead(self.bias, x.ndim)
 
 
 class LayerNorm(eqx.Module):
@@ -42,7 +47,8 @@ class LayerNorm(eqx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         mean = x.mean(-1, keepdims=True)
         var = jnp.square(x - mean).mean(-1, keepdims=True)
-        return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.weight + self.bias
+        normed = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        return normed * _lead(self.weight, x.ndim) + _lead(self.bias, x.ndim)
 
 
 class Attention(eqx.Module):
@@ -61,7 +67,7 @@ class Attention(eqx.Module):
         )
         scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hd)
         causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-        att = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1)
+        att = jax.nn.softmax(jnp.where(causal[None, None], scores, -jnp.inf), axis=-1)
         return self.proj((att @ v).transpose(0, 2, 1, 3).reshape(b, t, d))
 
 
@@ -137,7 +143,7 @@ class TinyGPT(eqx.Module):
         t = tokens.shape[-1]
         if t > self.cfg.seq_len:
             raise ValueError(f"sequence length {t} exceeds the model context {self.cfg.seq_len}")
-        x = self.wte[tokens] + self.wpe[:t]
+        x = self.wte[tokens] + _lead(self.wpe[:t], 3)
         for block in self.blocks:
             x = block(x)
         hidden = self.ln_f(x)

@@ -109,6 +109,10 @@ class TwinTrainer:
         self._doremi = jax.jit(self._doremi_impl, static_argnames=("update",))
         self._doge = jax.jit(self._doge_impl, static_argnames=("update",))
         self._eval = jax.jit(self._losses)
+        self._update = jax.jit(
+            lambda state, stats, update: update(state, stats), static_argnames=("update",)
+        )
+        self.vocab_size = getattr(getattr(model, "cfg", None), "vocab_size", None)
 
     # ------------------------------------------------------------------ placement
     def _replicate(self, tree: Any) -> Any:
@@ -122,7 +126,7 @@ class TwinTrainer:
 
     def to_device_tree(self, tree: Any) -> Any:
         """Put a nest of host arrays on the device (replicated over the mesh), dtypes kept."""
-        return self._replicate(tc.tree_map(lambda a: jax.device_put(np.asarray(a)), tree))
+        return self._replicate(jax.tree.map(lambda a: jax.device_put(np.asarray(a)), tree))
 
     # ------------------------------------------------------------------ pure steps
     def _losses(self, params: Any, tokens: jax.Array, labels: jax.Array) -> tuple:
@@ -262,6 +266,12 @@ class TwinTrainer:
                 )
             )
         )
+
+    def mixture_update(
+        self, state: tc.MixtureState, stats: Any, update: Callable
+    ) -> tc.MixtureState:
+        """``update(state, stats)`` jitted (no implicit host-to-device transfer of constants)."""
+        return self._update(state, stats, update=update)
 
     def doremi_step(self, train: dict, state: tc.MixtureState, update: Callable | None) -> tuple:
         """DoReMi Alg. 1 in one jitted function (reference w frozen)."""

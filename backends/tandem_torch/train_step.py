@@ -62,6 +62,7 @@ class TwinTrainer:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = getattr(torch, config.dtype)
         self.proxy = model.to(self.device, self.dtype)
+        self.vocab_size = _vocab_size(model)
         self.reference = copy.deepcopy(self.proxy)
         make = optimizer or partial(make_optimizer, cfg=config)
         self.opt_u = make(self.proxy.parameters(), lr=config.lr)
@@ -201,6 +202,13 @@ class TwinTrainer:
         diffs = torch._foreach_sub(list(self.proxy.parameters()), list(self.reference.parameters()))
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(diffs)))
 
+    @torch.no_grad()
+    def mixture_update(
+        self, state: tc.MixtureState, stats: Any, update: Callable
+    ) -> tc.MixtureState:
+        """``update(state, stats)`` (eager; the core update is cheap and compile-safe)."""
+        return update(state, stats)
+
     def doremi_step(self, train: dict, state: tc.MixtureState, update: Callable | None) -> tuple:
         """DoReMi Alg. 1: clipped excess loss vs the frozen reference w, mixture update, u step."""
         b = self._device_batch(train)
@@ -315,6 +323,11 @@ class TwinTrainer:
             ),
             tree,
         )
+
+
+def _vocab_size(model: nn.Module) -> int | None:
+    cfg = getattr(model, "cfg", None) or getattr(model, "config", None)
+    return getattr(cfg, "vocab_size", None)
 
 
 def _detach(stats: tc.DomainStats) -> tc.DomainStats:
