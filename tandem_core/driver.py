@@ -125,6 +125,7 @@ class MixtureRun:
         self._info: dict[str, Array] = {}
         self._alpha_host: np.ndarray | None = None
         self._clock = time.perf_counter()
+        self.should_stop: Callable[[], bool] | None = None  # polled between ticks (SIGTERM)
 
     # ---------------------------------------------------------------- schedule
     @property
@@ -283,22 +284,35 @@ class MixtureRun:
         return dict(zip(self.sampler.val_domains, map(float, losses)))
 
     # ---------------------------------------------------------------- running
-    def run(self, progress: bool = True) -> RunResult:
-        """Run until ``config.steps`` proxy steps; returns the learned mixture."""
+    def run(
+        self,
+        progress: bool = True,
+        *,
+        checkpoint: Callable[[MixtureRun], None] | None = None,
+        checkpoint_every: int = 0,
+    ) -> RunResult:
+        """Run until ``config.steps`` proxy steps; returns the learned mixture.
+
+        Args:
+            progress: show a progress bar (step, episode, loss, top weights).
+            checkpoint: called with this run every ``checkpoint_every`` proxy steps (and not at
+                the end: the caller saves the final state itself).
+            checkpoint_every: 0 disables periodic checkpoints.
+        """
         bar = _progress(self.config.steps, self.proxy_step, progress)
-        while not self.done:
+        while not self.done and not (self.should_stop is not None and self.should_stop()):
             before = self.proxy_step
             self.step()
+            due = checkpoint_every and self.proxy_step != before
+            if checkpoint is not None and due and self.proxy_step % checkpoint_every == 0:
+                checkpoint(self)
             if bar is not None and self.proxy_step != before:
                 bar.update(self.proxy_step - before)
                 if self.metrics and self.metrics[-1]["step"] == self.proxy_step:
                     bar.set_postfix_str(_postfix(self.metrics[-1]))
-        if (
-            not self.metrics
-            or self.metrics[-1]["step"] != self.proxy_step
-            or "val_loss" not in self.metrics[-1]
-        ):
-            self.log(evaluate=True)
+        last = self.metrics[-1] if self.metrics else {}
+        if self.done and (last.get("step") != self.proxy_step or "val_loss" not in last):
+            self.log(evaluate=True)  # not when stopped early: a resumed run logs exactly once
         if bar is not None:
             bar.close()
         return self.result()
@@ -359,7 +373,8 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+    # disable=None: a bar on terminals only (no megabytes of carriage returns in CI logs)
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=None)
 
 
 def _postfix(row: dict) -> str:

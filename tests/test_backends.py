@@ -275,3 +275,23 @@ def test_torch_compile_run_matches_eager():
         for c in (False, True)
     ]
     np.testing.assert_allclose(results[0].trajectory, results[1].trajectory, rtol=1e-9)
+
+
+def test_uncopyable_optimizer_fails_clearly_at_sync():
+    torch = pytest.importorskip("torch")
+    import threading
+
+    from backend_kits import TorchKit
+
+    class LockedSGD(torch.optim.SGD):
+        def step(self, closure=None):
+            for p in self.param_groups[0]["params"]:
+                self.state[p]["lock"] = threading.Lock()  # not deep-copyable
+            return super().step(closure)
+
+    kit = TorchKit()
+    run, trainer = _run(kit, _cfg(), optimizer=lambda params, lr: LockedSGD(params, lr=lr))
+    run.step()  # sync of fresh (empty) states works
+    run.step()
+    with pytest.raises(TypeError, match="LockedSGD cannot be copied for twin synchronisation"):
+        trainer.sync()

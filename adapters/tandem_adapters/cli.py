@@ -1,21 +1,52 @@
-"""The ``tandem`` command line."""
+"""The ``tandem`` command line: optimize, train, compare, plot and the other subcommands."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+import tandem_core as tc
+
+from .commands import COMMANDS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="tandem", description="Online data-mixture optimisation.")
+    parser.add_argument("--version", action="version", version=f"tandem {tc.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"tandem_adapters.commands.{name}").register(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``tandem`` console script."""
-    parser = argparse.ArgumentParser(prog="tandem", description="Online data-mixture optimisation.")
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
-    args = parser.parse_args(argv)
-    import tandem_core
+    """Entry point of the ``tandem`` console script; returns the exit status.
 
-    if args.version:
-        print(tandem_core.__version__)
-    return 0
+    Exit status: 0 done, 1 bad data or input, 2 bad configuration, 130/143 interrupted (SIGINT /
+    SIGTERM: a checkpoint was saved, continue with ``--resume``).
+    """
+    from .data import DataError
+    from .jobs import Interrupted
+
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        args = build_parser().parse_args(["optimize", *(argv or [])])
+    try:
+        return args.run(args)
+    except tc.ConfigError as err:
+        print(f"tandem: configuration error: {err}", file=sys.stderr)
+        return 2
+    except (DataError, FileExistsError, FileNotFoundError, tc.CorruptStateError) as err:
+        print(f"tandem: {err}", file=sys.stderr)
+        return 1
+    except tc.NonFiniteError as err:
+        print(f"tandem: {err}", file=sys.stderr)
+        return 1
+    except Interrupted as err:
+        print(f"tandem: {err}", file=sys.stderr)
+        return 143 if "signal 15" in str(err) else 130
 
 
 if __name__ == "__main__":

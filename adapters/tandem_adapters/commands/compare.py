@@ -1,0 +1,33 @@
+"""``tandem compare``: learned vs uniform mixture on the same budget (table and bar chart)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_job_options, load_job
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the subcommand."""
+    p = sub.add_parser("compare", help="train with the learned and the uniform mixture, compare")
+    p.add_argument("--mixture", "-m", required=True, help="mixture.json or its run directory")
+    p.add_argument("--which", choices=("average", "last"), default="average")
+    add_job_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run both trainings and print the table."""
+    from ..jobs import compare
+    from ..run_dir import read_mixture
+
+    weights = read_mixture(args.mixture, args.which)
+    cfg = load_job(args, "compare")
+    table = compare(cfg, weights, overwrite=args.overwrite)
+    domains = list(table["learned"])
+    print(f"{'validation domain':<22}{'learned':>10}{'uniform':>10}{'diff':>10}")
+    for d in domains:
+        a, b = table["learned"][d], table["uniform"][d]
+        print(f"{d:<22}{a:10.4f}{b:10.4f}{a - b:+10.4f}")
+    print(f"wrote {cfg.run.run_dir}/compare.json and compare.png")
+    return 0

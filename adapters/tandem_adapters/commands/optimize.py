@@ -1,0 +1,51 @@
+"""``tandem optimize``: learn a mixture (the main job)."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from ._common import add_job_options, known_answer_notes, load_job, mixture_table, verdict
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the subcommand."""
+    p = sub.add_parser(
+        "optimize",
+        help="learn a mixture (default: TANDEM on the built-in planted suite)",
+        description="Learn per-domain mixture weights. With no arguments: TANDEM on the built-in "
+        "synthetic suite, on CPU, printing the learned mixture next to the known answer.",
+    )
+    add_job_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the job and print the mixture."""
+    from ..jobs import load_corpus, optimize
+
+    cfg = load_job(args, cfg_kind(args))
+    known = load_corpus(cfg.data).known_answer
+    print(
+        f"tandem optimize: method={cfg.train.method} backend={cfg.run.backend} -> {cfg.run.run_dir}"
+    )
+    result = optimize(cfg, resume=args.resume, overwrite=args.overwrite)
+    m = len(result.domains)
+    columns = {"average": result.average, "last": result.last, "uniform": np.full(m, 1 / m)}
+    print(mixture_table(result.domains, columns, known_answer_notes(known)))
+    for line in verdict(result.domains, result.average, known):
+        print(line)
+    if result.val_losses is not None:
+        vals = ", ".join(f"{d}={v:.4f}" for d, v in zip(result.val_domains, result.val_losses))
+        print(f"proxy validation loss: {vals}")
+    print(f"wrote {cfg.run.run_dir}/mixture.json (average = the mixture to use), mixture.png")
+    return 0
+
+
+def cfg_kind(args: argparse.Namespace) -> str:
+    """The run-dir label: the method."""
+    for item in args.set:
+        if item.startswith("train.method="):
+            return item.split("=", 1)[1].strip().strip('"')
+    return "optimize"

@@ -1,0 +1,233 @@
+"""The jobs behind the CLI, usable from Python.
+
+``optimize`` learns a mixture, ``train`` trains with a fixed one, ``compare`` trains with the
+learned and the uniform mixture on the same budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import tandem_core as tc
+
+from .config import DataConfig, JobConfig
+from .data import (
+    DomainCorpus,
+    TokenSampler,
+    load_folder,
+    load_hf_dataset,
+    load_tokenizer,
+    make_suite,
+)
+from .models import build_model, make_trainer
+from .run_dir import RunDir
+
+__all__ = ["Interrupted", "build_run", "compare", "load_corpus", "optimize", "train"]
+
+
+class Interrupted(RuntimeError):
+    """The job stopped on SIGTERM / SIGINT after saving a checkpoint (resume with --resume)."""
+
+
+def load_corpus(data: DataConfig) -> DomainCorpus:
+    """The training / validation domains the [data] table describes."""
+    tokenizer = load_tokenizer(data.tokenizer or None) if data.tokenizer else None
+    if data.path:
+        return load_folder(
+            data.path,
+            tokenizer=tokenizer,
+            text_field=data.text_field,
+            val_path=data.val_path or None,
+            val_fraction=data.val_fraction,
+            target_path=data.target_path or None,
+            seed=data.seed,
+            bin_dtype=data.bin_dtype,
+        )
+    if data.hf_dataset:
+        return load_hf_dataset(
+            data.hf_dataset,
+            domain_field=data.domain_field,
+            text_field=data.text_field,
+            tokenizer=tokenizer,
+            val_fraction=data.val_fraction,
+            seed=data.seed,
+        )
+    return make_suite(
+        data.suite,
+        seed=data.seed,
+        vocab_size=data.suite_vocab_size,
+        tokens_per_domain=data.suite_tokens_per_domain,
+        val=data.suite_val,
+    )
+
+
+def build_run(
+    cfg: JobConfig,
+    corpus: DomainCorpus,
+    *,
+    transform: tc.MixtureTransform | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> tc.MixtureRun:
+    """Sampler, model, the backend's trainer and the run loop for a job."""
+    if cfg.run.backend == "torch" and cfg.run.threads:
+        import torch
+
+        torch.set_num_threads(cfg.run.threads)
+    sampler = TokenSampler(corpus, cfg.data.seq_len, seed=cfg.data.seed)
+    model = build_model(
+        cfg.model, backend=cfg.run.backend, vocab_size=corpus.vocab_size, seq_len=cfg.data.seq_len
+    )
+    trainer = make_trainer(
+        cfg.run.backend,
+        model,
+        cfg.train,
+        num_domains=len(corpus.domains),
+        num_val_domains=len(corpus.val_domains),
+        device=cfg.run.device,
+    )
+    return tc.MixtureRun(trainer, sampler, cfg.train, transform=transform, callback=callback)
+
+
+def _fingerprint(cfg: JobConfig) -> dict:
+    mapping = cfg.to_mapping()
+    mapping["run"] = {k: v for k, v in mapping["run"].items() if k in ("backend",)}
+    return mapping
+
+
+@contextlib.contextmanager
+def _stop_on_signals(run: tc.MixtureRun):
+    """SIGTERM / SIGINT ask the loop to stop after the current tick (never mid-step)."""
+    flag = {"stop": None}
+    previous = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        flag["stop"] = signum
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            previous[sig] = signal.signal(sig, handler)
+    run.should_stop = lambda: flag["stop"] is not None
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _execute(
+    cfg: JobConfig, run: tc.MixtureRun, rd: RunDir, *, resume: bool, echo: Callable
+) -> tc.RunResult:
+    fingerprint = _fingerprint(cfg)
+    if resume:
+        state, meta = rd.load_checkpoint()
+        if meta.get("config") != fingerprint:
+            raise tc.ConfigError(
+                f"{rd.checkpoint} was written with a different configuration; resume with the same "
+                "config (see its config.toml) or start a new run_dir"
+            )
+        run.load_state_dict(state)
+        rd.rewrite_metrics(run.metrics)
+        echo(f"resuming {rd.path} at proxy step {run.proxy_step}")
+    else:
+        rd.write_config(cfg.to_mapping())
+
+    def save(r: tc.MixtureRun) -> None:
+        rd.save_checkpoint(r.state_dict(), metadata={"config": fingerprint, "step": r.proxy_step})
+
+    with _stop_on_signals(run) as flag:
+        result = run.run(
+            cfg.run.progress, checkpoint=save, checkpoint_every=cfg.run.checkpoint_every
+        )
+        save(run)
+        if flag["stop"] is not None and not run.done:
+            raise Interrupted(
+                f"stopped by signal {flag['stop']} at proxy step {run.proxy_step}; "
+                f"checkpoint saved in {rd.checkpoint}: continue with --resume"
+            )
+    return result
+
+
+def optimize(
+    cfg: JobConfig, *, resume: bool = False, overwrite: bool = False, echo: Callable = print
+) -> tc.RunResult:
+    """Learn a mixture with ``cfg.train.method``; writes the run directory; returns the result."""
+    corpus = load_corpus(cfg.data)
+    rd = RunDir(cfg.run.run_dir, resume=resume, overwrite=overwrite)
+    run = build_run(cfg, corpus, callback=rd.append_metrics)
+    result = _execute(cfg, run, rd, resume=resume, echo=echo)
+    rd.write_mixture(result, backend=cfg.run.backend, extra={"known_answer": corpus.known_answer})
+    _plot(rd, result)
+    return result
+
+
+def train(
+    cfg: JobConfig,
+    weights: dict[str, float] | None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    echo: Callable = print,
+) -> tc.RunResult:
+    """Train a fresh model with a FIXED mixture (``None``: uniform); per-domain validation loss."""
+    corpus = load_corpus(cfg.data)
+    alpha = _align(weights, corpus.domains)
+    cfg = cfg.replace(train={"method": "natural"})  # a static mixture: no twins, no updates
+    rd = RunDir(cfg.run.run_dir, resume=resume, overwrite=overwrite)
+    run = build_run(cfg, corpus, transform=tc.natural(alpha), callback=rd.append_metrics)
+    result = _execute(cfg, run, rd, resume=resume, echo=echo)
+    rd.write_mixture(result, backend=cfg.run.backend, extra={"fixed": True})
+    _plot(rd, result)
+    return result
+
+
+def compare(
+    cfg: JobConfig, weights: dict[str, float], *, overwrite: bool = False, echo: Callable = print
+) -> dict:
+    """Learned vs uniform: train a fresh model with each for the same budget and seed.
+
+    Returns:
+        ``{"domains": [...], "learned": {val_domain: loss}, "uniform": {...}}`` (also written to
+        ``run_dir/compare.json`` with a bar chart ``compare.png``).
+    """
+    from .plots import plot_compare
+    from .run_dir import atomic_write
+
+    base = cfg.run.run_dir
+    out: dict[str, Any] = {}
+    for name, w in (("learned", weights), ("uniform", None)):
+        sub = cfg.replace(run={"run_dir": f"{base}/{name}"})
+        result = train(sub, w, overwrite=overwrite, echo=echo)
+        out[name] = dict(zip(result.val_domains, map(float, result.val_losses)))
+        out["domains"] = list(result.domains)
+        out[f"{name}_weights"] = dict(zip(result.domains, map(float, result.average)))
+    import json
+
+    atomic_write(f"{base}/compare.json", json.dumps(out, indent=2) + "\n")
+    plot_compare(out, f"{base}/compare.png")
+    return out
+
+
+def _align(weights: dict[str, float] | None, domains: tuple[str, ...]) -> list[float]:
+    if weights is None:
+        return [1.0] * len(domains)
+    missing = [d for d in domains if d not in weights]
+    extra = [d for d in weights if d not in domains]
+    if missing or extra:
+        raise tc.ConfigError(
+            f"the mixture's domains do not match the data: missing {missing}, unknown {extra}"
+        )
+    alpha = np.array([weights[d] for d in domains], dtype=float)
+    if (alpha <= 0).all():
+        raise tc.ConfigError("the mixture gives no weight to any domain")
+    return [max(w, 1e-12) for w in alpha]  # natural() needs positive sizes
+
+
+def _plot(rd: RunDir, result: tc.RunResult) -> None:
+    from .plots import plot_run
+
+    plot_run(result, rd.read_metrics(), rd.plot)

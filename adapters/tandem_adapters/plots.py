@@ -1,0 +1,78 @@
+"""Plots as PNG (matplotlib, Agg): the mixture trajectory, per-domain losses, comparisons."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+
+from .run_dir import atomic_write
+
+__all__ = ["plot_compare", "plot_run"]
+
+
+def _figure(ncols: int, width: float = 5.0):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, 3.8), squeeze=False)
+    return plt, fig, axes[0]
+
+
+def _save(plt, fig, path: str | os.PathLike) -> None:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+def plot_run(result, metrics: list[dict], path: str | os.PathLike) -> None:
+    """Three panels: alpha per domain over updates, train loss per domain, validation loss.
+
+    Args:
+        result: a ``tandem_core.RunResult`` (its trajectory and domains).
+        metrics: the run's metrics rows (``metrics.jsonl``).
+        path: the PNG to write.
+    """
+    plt, fig, (ax_a, ax_t, ax_v) = _figure(3)
+    traj = np.asarray(result.trajectory)
+    for i, d in enumerate(result.domains):
+        if len(traj):
+            ax_a.plot(np.arange(1, len(traj) + 1), traj[:, i], label=d)
+        else:
+            ax_a.axhline(result.average[i], label=d)
+    ax_a.set(
+        title=f"mixture ({result.method})", xlabel="mixture update", ylabel="alpha", ylim=(0, 1)
+    )
+    ax_a.legend(fontsize=7)
+    for key, ax, title in (
+        ("train_loss", ax_t, "train loss (proxy)"),
+        ("val_loss", ax_v, "validation loss"),
+    ):
+        rows = [m for m in metrics if key in m]
+        names = sorted({d for m in rows for d in m[key]})
+        for d in names:
+            pts = [(m["step"], m[key][d]) for m in rows if d in m[key]]
+            ax.plot(*zip(*pts), marker="." if key == "val_loss" else None, label=d)
+        ax.set(title=title, xlabel="proxy step", ylabel="loss (nats/token)")
+        if names:
+            ax.legend(fontsize=7)
+    _save(plt, fig, path)
+
+
+def plot_compare(table: dict, path: str | os.PathLike) -> None:
+    """Bars of per-validation-domain loss for each mixture in ``table`` (``compare`` output)."""
+    names = [k for k in ("learned", "uniform") if k in table]
+    domains = list(table[names[0]])
+    plt, fig, (ax,) = _figure(1, width=max(5.0, 1.2 * len(domains) + 2))
+    x = np.arange(len(domains))
+    for i, name in enumerate(names):
+        ax.bar(x + (i - 0.5) * 0.38, [table[name][d] for d in domains], 0.38, label=name)
+    ax.set_xticks(x, domains)
+    ax.set(title="validation loss, same budget", ylabel="loss (nats/token)")
+    ax.legend()
+    _save(plt, fig, path)
