@@ -86,14 +86,12 @@ def verdict(domains, alpha: np.ndarray, known: dict | None) -> list[str]:
     out = []
     for d in known.get("down", []):
         ok = alpha[index[d]] < share
-        out.append(
-            f"[{'ok' if ok else 'MISS'}] {d}: {alpha[index[d]]:.3f} {'<' if ok else '>='} {share:.3f}"
-        )
+        sign = "<" if ok else ">="
+        out.append(f"[{'ok' if ok else 'MISS'}] {d}: {alpha[index[d]]:.3f} {sign} {share:.3f}")
     up = [d for d in known.get("up", []) if d in index]
     if up:
         total = sum(alpha[index[d]] for d in up)
         ok = total > share * len(up)
-        out.append(
-            f"[{'ok' if ok else 'MISS'}] {'+'.join(up)}: {total:.3f} {'>' if ok else '<='} {share * len(up):.3f}"
-        )
+        sign, names = (">" if ok else "<="), "+".join(up)
+        out.append(f"[{'ok' if ok else 'MISS'}] {names}: {total:.3f} {sign} {share * len(up):.3f}")
     return out
