@@ -28,6 +28,7 @@ from .accounting import segment_sum_onehot as segment_sum_onehot
 from .accounting import stats_to_numpy as stats_to_numpy
 from .accounting import twin_delta as twin_delta
 from .accounting import unpack_stats as unpack_stats
+from .accounting import weighted_objective as weighted_objective
 from .adapt import AdaptState as AdaptState
 from .adapt import AdaptTransform as AdaptTransform
 from .adapt import AnchorSum as AnchorSum
@@ -56,6 +57,8 @@ from .config import make_transform as make_transform
 from .data import IGNORE_INDEX as IGNORE_INDEX
 from .data import BatchSampler as BatchSampler
 from .data import check_batch as check_batch
+from .data import scored_counts as scored_counts
+from .data import split_rows as split_rows
 from .driver import MixtureRun as MixtureRun
 from .driver import NonFiniteError as NonFiniteError
 from .driver import RunResult as RunResult

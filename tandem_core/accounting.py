@@ -37,6 +37,7 @@ __all__ = [
     "stats_to_numpy",
     "twin_delta",
     "unpack_stats",
+    "weighted_objective",
 ]
 
 MISSING_POLICIES = ("carry", "zero", "skip")
@@ -333,6 +334,31 @@ def fill_missing(
     n = xp.sum(xp.astype(present, signal.dtype))
     neutral = xp.sum(xp.where(present, signal, zero)) / xp.where(n > 0, n, xp.ones_like(n))
     return xp.where(present, signal, xp.where(seen, last, neutral)), None
+
+
+def weighted_objective(sums: Array, counts: Array, alpha: Array | None = None) -> Array:
+    """The mixture objective ``sum_m alpha_m sums_m / counts_m`` (alpha ``None``: plain mean).
+
+    With ``counts`` of the WHOLE batch (all ranks, all micro-batches) and ``sums`` of a part of
+    it, the parts' objectives add up to the whole batch's, so their gradients sum exactly: the
+    rule that makes data parallelism and gradient accumulation equal to one big batch.
+
+    Args:
+        sums: float ``(M,)`` per-domain loss sums of this part (differentiable).
+        counts: float ``(M,)`` per-domain sample counts of the whole batch.
+        alpha: ``(M,)`` mixture, or ``None`` when the batch was sampled in proportion to it.
+
+    Returns:
+        A scalar (domains with no sample contribute 0).
+    """
+    xp = namespace(sums, counts)
+    counts = xp.astype(counts, sums.dtype)
+    if alpha is None:
+        return xp.sum(sums) / xp.maximum(xp.sum(counts), xp.ones((), dtype=sums.dtype))
+    safe = xp.where(counts > 0, counts, xp.ones_like(counts))
+    return xp.sum(
+        xp.astype(alpha, sums.dtype) * xp.where(counts > 0, sums / safe, xp.zeros_like(sums))
+    )
 
 
 def stats_to_numpy(stats: Any) -> Any:

@@ -66,6 +66,7 @@ class TrainConfig:
     val_batch_size: int = 32
     eval_per_domain: int = 16
     sampling: str = "reweight"  # per-domain sub-batches weighted by alpha, or sample in proportion
+    accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
     # running
     log_every: int = 50
     eval_every: int = 0  # validation-set evaluation every N proxy steps (0: at the end only)
@@ -93,7 +94,7 @@ class TrainConfig:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is not one of {allowed}")
         positive = ("steps", "probe_steps", "gamma", "eta_alpha", "eta_mixture", "update_every")
         positive += ("temperature", "lr", "eps", "batch_per_domain", "val_batch_size")
-        positive += ("eval_per_domain", "log_every", "eval_max_per_domain")
+        positive += ("eval_per_domain", "log_every", "eval_max_per_domain", "accumulate")
         for key in positive:
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
@@ -106,6 +107,12 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be > 0 (or unset), got {value}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ConfigError(f"beta1, beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        for key in ("batch_per_domain", "val_batch_size", "eval_per_domain"):
+            if getattr(self, key) % self.accumulate:
+                raise ConfigError(
+                    f"{key}={getattr(self, key)} must be a multiple of accumulate={self.accumulate} "
+                    "(micro-batches of equal size)"
+                )
         if self.smoothing >= 1:
             raise ConfigError(f"smoothing must be < 1, got {self.smoothing}")
         try:

@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["IGNORE_INDEX", "Batch", "BatchSampler", "check_batch"]
+__all__ = ["IGNORE_INDEX", "Batch", "BatchSampler", "check_batch", "scored_counts", "split_rows"]
 
 IGNORE_INDEX = -100
 Batch = dict  # {"tokens": (B, T) int32, "labels": (B, T) int32, "domain": (B,) int32}
@@ -103,3 +103,32 @@ def check_batch(
                 bad = int(ids[(ids < 0) | (ids >= vocab_size)][0])
                 raise ValueError(f"batch[{key!r}] holds token id {bad} outside [0, {vocab_size})")
     return {k: v.astype(np.int32, copy=False) for k, v in out.items()}
+
+
+def scored_counts(batch: Batch, num_domains: int) -> np.ndarray:
+    """Per-domain count of rows with at least one scored label: float64 ``(M,)`` (host).
+
+    The denominators of the mixture objective for a whole batch, known before it is split over
+    ranks or micro-batches.
+    """
+    scored = (np.asarray(batch["labels"]) != IGNORE_INDEX).any(axis=1)
+    return np.bincount(np.asarray(batch["domain"])[scored], minlength=num_domains).astype(
+        np.float64
+    )
+
+
+def split_rows(batch: Batch, parts: int, *, rank: int = 0, world: int = 1) -> list[Batch]:
+    """This rank's rows (``rank::world``), cut into ``parts`` micro-batches of near-equal size.
+
+    Raises:
+        ValueError: fewer rows than ``world * parts`` (a rank or micro-batch would be empty).
+    """
+    rows = len(batch["domain"])
+    if rows < world * parts:
+        raise ValueError(
+            f"a batch of {rows} rows cannot feed {world} rank(s) x {parts} micro-batches"
+        )
+    mine = np.arange(rank, rows, world)
+    return [
+        {k: np.asarray(v)[idx] for k, v in batch.items()} for idx in np.array_split(mine, parts)
+    ]

@@ -295,3 +295,14 @@ def test_uncopyable_optimizer_fails_clearly_at_sync():
     run.step()
     with pytest.raises(TypeError, match="LockedSGD cannot be copied for twin synchronisation"):
         trainer.sync()
+
+
+@pytest.mark.parametrize("method", ["tandem", "doremi", "uniform"])
+def test_gradient_accumulation_equals_one_big_batch(kit, method):
+    cfg = dict(method=method, steps=14, dtype="float64", reference_steps=4, val_batch_size=8)
+    whole, t1 = _run(kit, _cfg(**cfg))
+    parts, t4 = _run(kit, _cfg(accumulate=4, **cfg))
+    r1, r4 = whole.run(progress=False), parts.run(progress=False)
+    np.testing.assert_allclose(r4.trajectory, r1.trajectory, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(kit.flat(t4), kit.flat(t1), rtol=1e-9, atol=1e-12)
+    assert len(r4.trajectory) == len(r1.trajectory)  # the mixture moves once per optimizer step

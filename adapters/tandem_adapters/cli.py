@@ -30,9 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .jobs import Interrupted
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.command is None:
-        args = build_parser().parse_args(["optimize", *(argv or [])])
+        argv = ["optimize", *argv]
+        args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.run(args)
     except tc.ConfigError as err:

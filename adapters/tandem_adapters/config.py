@@ -14,13 +14,21 @@ from pathlib import Path
 from typing import Any
 
 from tandem_core.config import ConfigError, TrainConfig
+from tandem_core.taskpgm import AFFINITY_KINDS, SOLVER_METHODS, UTILITY_KINDS
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["DataConfig", "JobConfig", "ModelConfig", "RunConfig", "parse_override"]
+__all__ = [
+    "DataConfig",
+    "JobConfig",
+    "ModelConfig",
+    "RunConfig",
+    "TaskPGMConfig",
+    "parse_override",
+]
 
 BACKENDS = ("torch", "jax")
 
@@ -35,11 +43,16 @@ class RunConfig:
     threads: int = 0  # CPU threads for torch (0: torch's default)
     checkpoint_every: int = 100  # proxy steps between checkpoints (0: only at the end)
     progress: bool = True
+    nproc: int = 1  # torch: data-parallel processes (torchrun; gloo on CPU, NCCL on CUDA)
+    devices: int = 0  # jax: devices on the data axis (0 or 1: one device)
+    jax_distributed: bool = False  # jax: call jax.distributed.initialize() (multi-host)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"run.backend={self.backend!r} is not one of {BACKENDS}")
-        for key in ("threads", "checkpoint_every"):
+        if self.nproc > 1 and self.backend != "torch":
+            raise ConfigError("run.nproc is for the torch backend; with jax use run.devices")
+        for key in ("threads", "checkpoint_every", "nproc", "devices"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"run.{key} must be >= 0, got {getattr(self, key)}")
 
@@ -101,6 +114,49 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class TaskPGMConfig:
+    """TaskPGM (SPEC 3): single-task fine-tunes, probe divergences, energy on the simplex."""
+
+    finetune_steps: int = 100  # optimizer steps of each single-task fine-tune (SPEC 3.3 step 1)
+    probe: str = ""  # probe set: a file or folder (empty: the corpus's validation/target data)
+    probe_max_per_task: int = 64  # probe windows per probe stream (first non-overlapping ones)
+    probe_batch_size: int = 16  # probe rows per forward of the N models (N * B * T * V logits)
+    top_k: int = 0  # JSD over each pair's top-k tokens, renormalised (0: full vocabulary)
+    affinity: str = "linear"  # linear: 1 - D/ln 2 | exp: exp(-D/sigma) | pmi: probe-loss PMI
+    sigma: float = 0.0  # (exp) bandwidth; 0: the mean off-diagonal divergence
+    utility: str = "gain"  # gain | coverage | mix (SPEC 3.3 step 3)
+    mix: float = 0.5  # (mix) weight of the gain part
+    lam: float = 1.0  # redundancy strength lambda
+    mu: float = 0.0  # ridge; 0: tandem_core.default_mu (the smallest safe one, at least lam)
+    method: str = "active_set"  # active_set | pgd | mean_field
+    tau_e: float = 0.1  # (mean_field) entropy temperature
+    budget: int = 0  # k > 0: greedy subset of at most k tasks (SPEC 3.3 step 5); 0: continuous
+    subset_weights: str = "uniform"  # (budget) uniform | utility weights over the subset
+
+    def __post_init__(self) -> None:
+        for key, allowed in (
+            ("affinity", (*AFFINITY_KINDS, "pmi")),
+            ("utility", UTILITY_KINDS),
+            ("method", SOLVER_METHODS),
+            ("subset_weights", ("uniform", "utility")),
+        ):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"taskpgm.{key}={getattr(self, key)!r} is not one of {allowed}")
+        for key in ("finetune_steps", "probe_max_per_task", "probe_batch_size", "tau_e"):
+            value = getattr(self, key)
+            if not 0 < value < float("inf"):
+                raise ConfigError(f"taskpgm.{key} must be finite and > 0, got {value}")
+        for key in ("top_k", "sigma", "lam", "mu", "budget"):
+            value = getattr(self, key)
+            if not 0 <= value < float("inf"):  # also rejects NaN
+                raise ConfigError(f"taskpgm.{key} must be finite and >= 0, got {value}")
+        if not 0 <= self.mix <= 1:
+            raise ConfigError(f"taskpgm.mix must be in [0, 1], got {self.mix}")
+        if self.sigma and self.affinity != "exp":
+            raise ConfigError("taskpgm.sigma applies only to taskpgm.affinity='exp'")
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """A whole job: the four tables."""
 
@@ -108,6 +164,7 @@ class JobConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    taskpgm: TaskPGMConfig = field(default_factory=TaskPGMConfig)
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] = ()) -> JobConfig:
@@ -158,7 +215,13 @@ class JobConfig:
         return JobConfig.from_mapping(mapping)
 
 
-_SECTION_TYPES = {"run": RunConfig, "data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+_SECTION_TYPES = {
+    "run": RunConfig,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "taskpgm": TaskPGMConfig,
+}
 
 
 def _train(values: dict[str, Any]) -> TrainConfig:

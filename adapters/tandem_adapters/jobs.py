@@ -7,6 +7,7 @@ learned and the uniform mixture on the same budget.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -74,10 +75,7 @@ def build_run(
     callback: Callable[[dict], None] | None = None,
 ) -> tc.MixtureRun:
     """Sampler, model, the backend's trainer and the run loop for a job."""
-    if cfg.run.backend == "torch" and cfg.run.threads:
-        import torch
-
-        torch.set_num_threads(cfg.run.threads)
+    devices = _setup_backend(cfg)
     sampler = TokenSampler(corpus, cfg.data.seq_len, seed=cfg.data.seed)
     model = build_model(
         cfg.model, backend=cfg.run.backend, vocab_size=corpus.vocab_size, seq_len=cfg.data.seq_len
@@ -89,13 +87,50 @@ def build_run(
         num_domains=len(corpus.domains),
         num_val_domains=len(corpus.val_domains),
         device=cfg.run.device,
+        devices=devices,
     )
     return tc.MixtureRun(trainer, sampler, cfg.train, transform=transform, callback=callback)
 
 
+def _setup_backend(cfg: JobConfig) -> list | None:
+    """Threads, process group (torch under torchrun) or devices (JAX); returns JAX devices."""
+    if cfg.run.backend == "torch":
+        import torch
+
+        from tandem_torch.distributed import init_from_env
+
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        init_from_env(torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu"))
+        return None
+    import jax
+
+    if cfg.run.jax_distributed:
+        jax.distributed.initialize()
+    return jax.devices()[: cfg.run.devices] if cfg.run.devices > 1 else None
+
+
+def rank(cfg: JobConfig) -> int:
+    """This process's rank: 0 writes the run directory; the others only compute."""
+    if cfg.run.backend == "torch":
+        return int(os.environ.get("RANK", "0"))
+    if cfg.run.jax_distributed:
+        import jax
+
+        return jax.process_index()
+    return 0
+
+
+def _run_dir(cfg: JobConfig, *, resume: bool, overwrite: bool) -> RunDir:
+    return RunDir(cfg.run.run_dir, resume=resume, overwrite=overwrite, read_only=rank(cfg) != 0)
+
+
 def _fingerprint(cfg: JobConfig) -> dict:
     mapping = cfg.to_mapping()
-    mapping["run"] = {k: v for k, v in mapping["run"].items() if k in ("backend",)}
+    mapping["run"] = {
+        k: v for k, v in mapping["run"].items() if k in ("backend", "nproc", "devices")
+    }
     return mapping
 
 
@@ -157,7 +192,7 @@ def optimize(
 ) -> tc.RunResult:
     """Learn a mixture with ``cfg.train.method``; writes the run directory; returns the result."""
     corpus = load_corpus(cfg.data)
-    rd = RunDir(cfg.run.run_dir, resume=resume, overwrite=overwrite)
+    rd = _run_dir(cfg, resume=resume, overwrite=overwrite)
     run = build_run(cfg, corpus, callback=rd.append_metrics)
     result = _execute(cfg, run, rd, resume=resume, echo=echo)
     rd.write_mixture(result, backend=cfg.run.backend, extra={"known_answer": corpus.known_answer})
@@ -177,7 +212,7 @@ def train(
     corpus = load_corpus(cfg.data)
     alpha = _align(weights, corpus.domains)
     cfg = cfg.replace(train={"method": "natural"})  # a static mixture: no twins, no updates
-    rd = RunDir(cfg.run.run_dir, resume=resume, overwrite=overwrite)
+    rd = _run_dir(cfg, resume=resume, overwrite=overwrite)
     run = build_run(cfg, corpus, transform=tc.natural(alpha), callback=rd.append_metrics)
     result = _execute(cfg, run, rd, resume=resume, echo=echo)
     rd.write_mixture(result, backend=cfg.run.backend, extra={"fixed": True})
@@ -228,6 +263,8 @@ def _align(weights: dict[str, float] | None, domains: tuple[str, ...]) -> list[f
 
 
 def _plot(rd: RunDir, result: tc.RunResult) -> None:
+    if rd.read_only:
+        return
     from .plots import plot_run
 
     plot_run(result, rd.read_metrics(), rd.plot)

@@ -76,3 +76,48 @@ def plot_compare(table: dict, path: str | os.PathLike) -> None:
     ax.set(title="validation loss, same budget", ylabel="loss (nats/token)")
     ax.legend()
     _save(plt, fig, path)
+
+
+def plot_affinity(
+    S,
+    names,
+    path: str | os.PathLike,
+    *,
+    weights=None,
+    title: str = "task affinity S (TaskPGM)",
+) -> None:
+    """Heat map of a task affinity matrix, annotated, with the mixture as bars beside it.
+
+    Args:
+        S: array ``(N, N)``, e.g. ``1 - D / ln 2`` (1: behaviourally identical tasks).
+        names: the N task names.
+        path: the PNG to write.
+        weights: optional array ``(N,)``, the mixture drawn as a second panel.
+        title: the heat map's title.
+    """
+    S = np.asarray(S, dtype=float)
+    n = S.shape[0]
+    size = max(4.0, 0.55 * n + 2.5)
+    plt, fig, axes = _figure(1 if weights is None else 2, width=size)
+    ax = axes[0]
+    image = ax.imshow(S, cmap="viridis", vmin=min(0.0, S.min()), vmax=max(1.0, S.max()))
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(np.arange(n), names, rotation=45, ha="right")
+    ax.set_yticks(np.arange(n), names)
+    if n <= 16:
+        mid = 0.5 * (image.norm.vmin + image.norm.vmax)
+        for i in range(n):
+            for j in range(n):
+                color = "black" if S[i, j] > mid else "white"
+                ax.text(j, i, f"{S[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color)
+    ax.set(title=title)
+    if weights is not None:
+        bars = axes[1]
+        bars.barh(np.arange(n), np.asarray(weights, dtype=float))
+        bars.set_yticks(np.arange(n), names)
+        bars.invert_yaxis()
+        bars.axvline(1.0 / n, color="gray", linestyle=":", label="uniform")
+        bars.set(title="mixture p", xlabel="weight", xlim=(0, 1))
+        bars.legend(fontsize=7)
+    fig.set_size_inches(size * len(axes), max(3.8, 0.4 * n + 2.0))
+    _save(plt, fig, path)

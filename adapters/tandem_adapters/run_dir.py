@@ -63,16 +63,27 @@ class RunDir:
         path: the folder.
         resume: continue the run found there (its checkpoint must exist).
         overwrite: replace a previous run's files instead of refusing.
+        read_only: never write (data-parallel ranks other than 0 read the checkpoint only).
 
     Raises:
         FileExistsError: the folder holds a run and neither ``resume`` nor ``overwrite`` is set.
         FileNotFoundError: ``resume`` without a checkpoint.
     """
 
-    def __init__(self, path: str | os.PathLike, *, resume: bool = False, overwrite: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        read_only: bool = False,
+    ):
         self.path = Path(path)
+        self.read_only = read_only  # data-parallel ranks other than 0: read, never write
         if resume and not self.checkpoint.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {self.checkpoint}")
+        if read_only:
+            return
         if not resume and not overwrite and (self.checkpoint.exists() or self.mixture.exists()):
             raise FileExistsError(
                 f"{self.path} already holds a run; pass --resume to continue it or --overwrite "
@@ -91,10 +102,14 @@ class RunDir:
 
     def write_config(self, mapping: dict) -> None:
         """The resolved configuration as TOML (``None`` values left out)."""
+        if self.read_only:
+            return
         atomic_write(self.config, tomli_w.dumps(_drop_none(mapping)))
 
     def append_metrics(self, row: dict) -> None:
         """Append one JSON line and flush it to disk."""
+        if self.read_only:
+            return
         with open(self.metrics, "a", encoding="utf-8") as f:
             f.write(json.dumps(row, default=_json_default) + "\n")
             f.flush()
@@ -102,6 +117,8 @@ class RunDir:
 
     def rewrite_metrics(self, rows: list[dict]) -> None:
         """Replace metrics.jsonl by ``rows`` (resume: the checkpoint's rows)."""
+        if self.read_only:
+            return
         atomic_write(
             self.metrics, "".join(json.dumps(r, default=_json_default) + "\n" for r in rows)
         )
@@ -114,6 +131,8 @@ class RunDir:
 
     def save_checkpoint(self, state: dict, metadata: dict | None = None) -> None:
         """Atomic, checksummed checkpoint (``tandem_core.save_state``)."""
+        if self.read_only:
+            return
         tc.save_state(self.checkpoint, state, metadata=metadata)
 
     def load_checkpoint(self) -> tuple[dict, dict]:
@@ -124,6 +143,8 @@ class RunDir:
         self, result: tc.RunResult, *, backend: str, extra: dict | None = None
     ) -> Path:
         """mixture.json: average (the default output), last, trajectory, names, method, versions."""
+        if self.read_only:
+            return self.mixture
         doc = {
             "format": MIXTURE_FORMAT,
             "version": 1,

@@ -38,17 +38,56 @@ def _stats(losses: jax.Array, scored: jax.Array, ids: jax.Array, m: int) -> tc.D
     return tc.domain_stats(losses, ids, m, counts=counts, checked=False, segment_sum=segment_sum)
 
 
-def _objective(stats: tc.DomainStats, alpha: jax.Array | None) -> jax.Array:
-    if alpha is None:  # batch sampled in proportion to alpha: plain mean
-        return stats.sums.sum() / jnp.maximum(stats.counts.sum(), 1)
-    means, _ = tc.domain_means(stats)
-    return (alpha.astype(means.dtype) * means).sum()
+def _counts(batch: dict, m: int) -> jax.Array:
+    """Per-domain rows with a scored label in the WHOLE batch: the objective's denominators."""
+    scored = (batch["labels"] != tc.IGNORE_INDEX).any(-1).astype(jnp.float32)
+    return segment_sum(scored, batch["domain"], m)
 
 
-def _apply(
-    tx: optax.GradientTransformation, params: Any, opt: Any, grads: Any, loss: jax.Array
-) -> tuple:
-    finite = jnp.isfinite(loss)
+def _micro(batch: Any, parts: int) -> Any:
+    """``(B, ...)`` leaves to ``(parts, B / parts, ...)``: micro-batches for ``lax.scan``."""
+
+    def cut(a: jax.Array) -> jax.Array:
+        if a.shape[0] % parts:
+            raise ValueError(
+                f"a batch of {a.shape[0]} rows cannot be cut into {parts} micro-batches"
+            )
+        return a.reshape(parts, a.shape[0] // parts, *a.shape[1:])
+
+    return jax.tree.map(cut, batch)
+
+
+def _accumulate(fn: Any, params: Any, batch: dict, parts: int) -> tuple:
+    """``value_and_grad`` of ``fn(params, micro) -> (loss, aux)`` summed over micro-batches."""
+    grad_fn = jax.value_and_grad(fn, has_aux=True)
+    if parts == 1:
+        return grad_fn(params, batch)
+    micro = _micro(batch, parts)
+
+    def body(carry: Any, mb: dict) -> tuple:
+        return jax.tree.map(jnp.add, carry, grad_fn(params, mb)), None
+
+    first = jax.tree.map(lambda a: a[0], micro)
+    out, _ = jax.lax.scan(body, grad_fn(params, first), jax.tree.map(lambda a: a[1:], micro))
+    return out
+
+
+def _scan_sum(fn: Any, batch: dict, parts: int) -> Any:
+    """``fn(micro_batch)`` summed over micro-batches (no gradients: evaluation statistics)."""
+    if parts == 1:
+        return fn(batch)
+    micro = _micro(batch, parts)
+    first = fn(jax.tree.map(lambda a: a[0], micro))
+
+    def body(carry: Any, mb: dict) -> tuple:
+        return jax.tree.map(jnp.add, carry, fn(mb)), None
+
+    return jax.lax.scan(body, first, jax.tree.map(lambda a: a[1:], micro))[0]
+
+
+def _apply(tx: optax.GradientTransformation, params: Any, opt: Any, grads: Any) -> tuple:
+    """Optimizer step; a non-finite gradient is zeroed and reported (mirrors the torch trainer)."""
+    finite = jnp.isfinite(optax.tree.norm(grads))
     grads = jax.tree.map(
         lambda g: jnp.where(finite, jnp.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0), 0), grads
     )
@@ -84,8 +123,10 @@ class TwinTrainer:
         devices: list | None = None,
         optimizer: Callable[..., optax.GradientTransformation] | None = None,
     ) -> None:
-        if config.method == "doge" and config.sampling != "reweight":
-            raise ConfigError("method='doge' needs sampling='reweight' (per-domain sub-batches)")
+        if config.method == "doge" and (config.sampling != "reweight" or config.accumulate > 1):
+            raise ConfigError(
+                "method='doge' needs sampling='reweight' (per-domain sub-batches) and accumulate=1"
+            )
         if config.dtype == "float64" and not jax.config.jax_enable_x64:
             raise ConfigError("dtype='float64' needs jax_enable_x64 (JAX_ENABLE_X64=1)")
         self.cfg, self.m, self.v = config, num_domains, num_val_domains or num_domains
@@ -142,62 +183,77 @@ class TwinTrainer:
         return both[0], both[1], n[0]
 
     def _probe_impl(self, pu, ou, pw, ow, counters, train, val, alpha) -> tuple:
-        ids, gamma = train["domain"], self.cfg.gamma
+        counts, vcounts, gamma = _counts(train, self.m), _counts(val, self.v), self.cfg.gamma
+        present = (vcounts > 0).astype(vcounts.dtype)
+        val_weights = present / jnp.maximum(present.sum(), 1)
 
-        def total(pair: tuple) -> tuple:
-            lu, lw, n = self._twin_losses(pair[0], pair[1], train["tokens"], train["labels"])
-            su, sw = _stats(lu, n, ids, self.m), _stats(lw, n, ids, self.m)
-            lv, nv = self._losses(pair[1], val["tokens"], val["labels"])
-            means, present = tc.domain_means(_stats(lv, nv, val["domain"], self.v))
-            loss_u = _objective(su, alpha)
-            loss_w = means.sum() / jnp.maximum(present.sum(), 1) + gamma * _objective(sw, alpha)
-            return loss_u + loss_w, (loss_u, loss_w, su)
+        def total(pair: tuple, mb: tuple) -> tuple:
+            tb, vb = mb
+            lu, lw, n = self._twin_losses(pair[0], pair[1], tb["tokens"], tb["labels"])
+            su, sw = _stats(lu, n, tb["domain"], self.m), _stats(lw, n, tb["domain"], self.m)
+            lv, nv = self._losses(pair[1], vb["tokens"], vb["labels"])
+            val_sums = _stats(lv, nv, vb["domain"], self.v).sums
+            loss_w = tc.weighted_objective(val_sums, vcounts, val_weights)
+            loss_w = loss_w + gamma * tc.weighted_objective(sw.sums, counts, alpha)
+            return tc.weighted_objective(su.sums, counts, alpha) + loss_w, su
 
-        (_, (loss_u, loss_w, su)), (gu, gw) = jax.value_and_grad(total, has_aux=True)((pu, pw))
-        pu, ou, bad_u = _apply(self.tx_u, pu, ou, gu, loss_u)
-        pw, ow, bad_w = _apply(self.tx_w, pw, ow, gw, loss_w)
+        (_, su), (gu, gw) = _accumulate(total, (pu, pw), (train, val), self.cfg.accumulate)
+        pu, ou, bad_u = _apply(self.tx_u, pu, ou, gu)
+        pw, ow, bad_w = _apply(self.tx_w, pw, ow, gw)
         return pu, ou, pw, ow, _count(counters, bad_u | bad_w), su
 
     def _free_impl(self, params, opt, counters, train, alpha, *, reference: bool) -> tuple:
-        def loss(p: Any) -> tuple:
-            stats = _stats(
-                *self._losses(p, train["tokens"], train["labels"]), train["domain"], self.m
-            )
-            return _objective(stats, alpha), stats
+        counts = _counts(train, self.m)
 
-        (value, stats), grads = jax.value_and_grad(loss, has_aux=True)(params)
-        params, opt, bad = _apply(self.tx_w if reference else self.tx_u, params, opt, grads, value)
+        def loss(p: Any, tb: dict) -> tuple:
+            stats = _stats(*self._losses(p, tb["tokens"], tb["labels"]), tb["domain"], self.m)
+            return tc.weighted_objective(stats.sums, counts, alpha), stats
+
+        (_, stats), grads = _accumulate(loss, params, train, self.cfg.accumulate)
+        params, opt, bad = _apply(self.tx_w if reference else self.tx_u, params, opt, grads)
         return params, opt, _count(counters, bad), stats
 
     def _twin_impl(self, pu, pw, batch, state, *, update: Callable) -> tuple:
-        lu, lw, n = self._twin_losses(pu, pw, batch["tokens"], batch["labels"])
-        twin = tc.TwinStats(
-            _stats(lu, n, batch["domain"], self.m), _stats(lw, n, batch["domain"], self.m)
-        )
+        def stats(mb: dict) -> tc.TwinStats:
+            lu, lw, n = self._twin_losses(pu, pw, mb["tokens"], mb["labels"])
+            ids = mb["domain"]
+            return tc.TwinStats(_stats(lu, n, ids, self.m), _stats(lw, n, ids, self.m))
+
+        twin = _scan_sum(stats, batch, self.cfg.accumulate)
         diffs = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.sum(jnp.square(a - b)), pu, pw))
         info = {"delta": tc.twin_delta(twin)[0], "twin_distance": jnp.sqrt(sum(diffs))}
         return update(state, twin), info
 
     def _doremi_impl(self, pu, ou, pw, counters, batch, state, *, update: Callable | None) -> tuple:
-        tokens, labels, ids = batch["tokens"], batch["labels"], batch["domain"]
-        keep = labels != tc.IGNORE_INDEX
-        ref = token_losses(eqx.combine(pw, self.static)(tokens)[0], labels)
-        tok_u = token_losses(eqx.combine(pu, self.static)(tokens)[0], labels)
-        if update is not None:
-            excess = tc.excess_loss_stats(
-                tok_u, ref, keep, ids, self.m, checked=False, segment_sum=segment_sum
+        def tokens_of(p: Any, mb: dict) -> jax.Array:
+            return token_losses(eqx.combine(p, self.static)(mb["tokens"])[0], mb["labels"])
+
+        def excess(mb: dict) -> tc.DomainStats:
+            keep = mb["labels"] != tc.IGNORE_INDEX
+            return tc.excess_loss_stats(
+                tokens_of(pu, mb),
+                tokens_of(pw, mb),
+                keep,
+                mb["domain"],
+                self.m,
+                checked=False,
+                segment_sum=segment_sum,
             )
-            state = update(state, excess)
+
+        if update is not None:  # the whole step's statistics first: never a stale mixture
+            state = update(state, _scan_sum(excess, batch, self.cfg.accumulate))
         alpha = state.alpha if self.cfg.sampling == "reweight" else None
-        n = keep.sum(-1)
+        counts = _counts(batch, self.m)
 
-        def loss(p: Any) -> tuple:
-            tok = token_losses(eqx.combine(p, self.static)(tokens)[0], labels)
-            stats = _stats(tok.sum(-1) / jnp.maximum(n, 1).astype(tok.dtype), n, ids, self.m)
-            return _objective(stats, alpha), stats
+        def loss(p: Any, mb: dict) -> tuple:
+            tok = tokens_of(p, mb)
+            n = (mb["labels"] != tc.IGNORE_INDEX).sum(-1)
+            per = tok.sum(-1) / jnp.maximum(n, 1).astype(tok.dtype)
+            stats = _stats(per, n, mb["domain"], self.m)
+            return tc.weighted_objective(stats.sums, counts, alpha), stats
 
-        (value, stats), grads = jax.value_and_grad(loss, has_aux=True)(pu)
-        pu, ou, bad = _apply(self.tx_u, pu, ou, grads, value)
+        (_, stats), grads = _accumulate(loss, pu, batch, self.cfg.accumulate)
+        pu, ou, bad = _apply(self.tx_u, pu, ou, grads)
         return pu, ou, _count(counters, bad), state, stats
 
     def _doge_impl(self, pu, ou, counters, train, val, state, *, update: Callable | None) -> tuple:
@@ -212,8 +268,7 @@ class TwinTrainer:
         combined = jax.tree.map(
             lambda g: jnp.tensordot(state.alpha.astype(g.dtype), g, axes=1), grads
         )
-        finite = jnp.isfinite(scores).all() & jnp.isfinite(losses).all()
-        pu, ou, bad = _apply(self.tx_u, pu, ou, combined, jnp.where(finite, 0.0, jnp.nan))
+        pu, ou, bad = _apply(self.tx_u, pu, ou, combined)
         return pu, ou, _count(counters, bad), state, _stats(losses, n, train["domain"], self.m)
 
     # ------------------------------------------------------------------ engine API
@@ -346,3 +401,13 @@ class TwinTrainer:
         self.pu, self.pw = load(self.pu, state["proxy"]), load(self.pw, state["reference"])
         self.ou, self.ow = load(self.ou, state["opt_u"]), load(self.ow, state["opt_w"])
         self.counters_ = tuple(self.to_device_tree([np.asarray(c) for c in state["counters"]]))
+
+    def predict_logits(self, batch: dict) -> jax.Array:
+        """The proxy's logits ``(B, T, V)`` on ``batch["tokens"]``, on device (jitted forward).
+
+        For probes of the predictive distribution, e.g. TaskPGM's pairwise divergences. The
+        forward is compiled on first use.
+        """
+        if "_predict" not in self.__dict__:
+            self._predict = jax.jit(lambda p, tokens: eqx.combine(p, self.static)(tokens)[0])
+        return self._predict(self.pu, self._device_batch({"tokens": batch["tokens"]})["tokens"])

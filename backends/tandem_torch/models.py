@@ -8,6 +8,7 @@ functionally (``torch.func.functional_call``) so the twins can share one module 
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -140,17 +141,81 @@ def numpy_params(module: nn.Module) -> dict[str, np.ndarray]:
 
 
 def logits_and_hidden(module: nn.Module, params: dict, tokens: torch.Tensor) -> tuple:
-    """Functional forward of any causal LM module: ``(logits (B, T, V), hidden (B, T, D))``.
+    """Functional forward of any causal LM module: ``(logits (B, T, V), hidden (B, T, D) | None)``.
 
-    Accepts modules returning logits, a tuple ``(logits, hidden)``, or a Hugging Face output
-    (``.logits``, ``.hidden_states[-1]``).
+    Accepted outputs: a ``logits`` tensor (hidden ``None``); a tuple ``(logits, hidden)`` or
+    ``(logits,)``; a Hugging Face ``ModelOutput`` / dict with ``logits`` (hidden: the last entry of
+    ``hidden_states``, requested with ``output_hidden_states=True``). Keyword arguments are passed
+    only if ``forward`` accepts them (see ``_forward_kwargs``), so plain modules work unchanged.
+
+    Args:
+        module: the model; its parameters are replaced by ``params`` for this call.
+        params: ``{name: tensor}`` as ``dict(module.named_parameters())`` (stacked under vmap).
+        tokens: int tensor ``(B, T)``.
+
+    Returns:
+        ``(logits (B, T, V), hidden (B, T, D))``; ``hidden`` is ``None`` when the module does not
+        expose hidden states.
+
+    Raises:
+        TypeError: the module returned something without logits.
     """
     if isinstance(module, TinyGPT):
         return torch.func.functional_call(module, params, (tokens,), {"return_hidden": True})
-    out = torch.func.functional_call(module, params, (tokens,), {"output_hidden_states": True})
-    if hasattr(out, "logits"):
-        return out.logits, out.hidden_states[-1]
-    return out if isinstance(out, tuple) else (out, None)
+    out = torch.func.functional_call(module, params, (tokens,), _forward_kwargs(module))
+    return _split_output(out)
+
+
+def _forward_kwargs(module: nn.Module) -> dict[str, bool]:
+    """Keywords for ``module.forward``: hidden states on, KV cache off, where they are accepted.
+
+    ``return_hidden`` (the tandem convention) and ``output_hidden_states`` / ``use_cache`` (Hugging
+    Face) are passed when named in the signature; ``output_hidden_states`` also through
+    ``**kwargs`` of a Hugging Face model (a ``config`` with ``output_hidden_states``). Wrappers
+    that forward keywords (DDP / FSDP ``.module``, ``torch.compile``'s ``._orig_mod``) are looked
+    through.
+    """
+    while True:
+        if type(module).__name__ in ("DistributedDataParallel", "FullyShardedDataParallel"):
+            module = module.module
+        elif isinstance(getattr(module, "_orig_mod", None), nn.Module):
+            module = module._orig_mod
+        else:
+            break
+    sig = inspect.signature(module.forward).parameters
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values())
+    hf = hasattr(getattr(module, "config", None), "output_hidden_states")
+    kwargs = {}
+    if "return_hidden" in sig:
+        kwargs["return_hidden"] = True
+    elif "output_hidden_states" in sig or (var_kw and hf):
+        kwargs["output_hidden_states"] = True
+    if "use_cache" in sig:
+        kwargs["use_cache"] = False
+    return kwargs
+
+
+def _split_output(out: Any) -> tuple:
+    """``(logits, hidden | None)`` from a tensor, a tuple, a dict or a ``ModelOutput``."""
+    if isinstance(out, torch.Tensor):
+        return out, None
+    logits = getattr(out, "logits", None)
+    if logits is None and isinstance(out, dict):
+        logits = out.get("logits")
+    if logits is not None:
+        states = getattr(out, "hidden_states", None)
+        if states is None and isinstance(out, dict):
+            states = out.get("hidden_states")
+        if isinstance(states, (tuple, list)):
+            states = states[-1] if states else None
+        return logits, states
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        hidden = out[1] if len(out) > 1 and isinstance(out[1], torch.Tensor) else None
+        return out[0], hidden
+    raise TypeError(
+        f"the model returned {type(out).__name__}; expected logits (B, T, V), a tuple "
+        "(logits, hidden) or an output with a .logits field"
+    )
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

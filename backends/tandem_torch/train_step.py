@@ -7,6 +7,7 @@ gradients are zeroed on device and the step is counted (``counters()``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 from functools import partial
@@ -21,6 +22,7 @@ import tandem_core as tc
 from tandem_core import tree_map
 from tandem_core.config import ConfigError, TrainConfig
 
+from .distributed import all_reduce_sum, world_and_rank, wrap
 from .grads import doge_gradients
 from .models import logits_and_hidden, per_sample_loss, token_losses
 from .optim import copy_optimizer_state, make_optimizer, optimizer_from_tree, optimizer_to_tree
@@ -55,8 +57,10 @@ class TwinTrainer:
         device: str | torch.device | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
     ) -> None:
-        if config.method == "doge" and config.sampling != "reweight":
-            raise ConfigError("method='doge' needs sampling='reweight' (per-domain sub-batches)")
+        if config.method == "doge" and (config.sampling != "reweight" or config.accumulate > 1):
+            raise ConfigError(
+                "method='doge' needs sampling='reweight' (per-domain sub-batches) and accumulate=1"
+            )
         self.cfg, self.m = config, num_domains
         self.v = num_val_domains or num_domains
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -69,8 +73,14 @@ class TwinTrainer:
         self.opt_w = make(self.reference.parameters(), lr=config.lr_reference or config.lr)
         self.xp = xp_torch
         zero = partial(torch.zeros, (), dtype=torch.int64, device=self.device)
-        self._step, self._nonfinite = zero(), zero()
+        self._step_count, self._nonfinite = zero(), zero()
         self._first_nonfinite = zero() - 1
+        self.world, self.rank = world_and_rank()
+        self._calls = {"proxy": self.proxy, "reference": self.reference}
+        if self.world > 1:
+            if config.fuse_twins:
+                raise ConfigError("fuse_twins is not available under torch.distributed (DDP)")
+            self._calls = {k: wrap(m, self.device) for k, m in self._calls.items()}
         self._losses = self._sample_losses
         self._twin_losses = self._fused_twin_losses if config.fuse_twins else self._pair_losses
         if config.compile:
@@ -84,15 +94,20 @@ class TwinTrainer:
             for k, v in batch.items()
         }
 
-    def _sample_losses(
-        self, module: nn.Module, tokens: torch.Tensor, labels: torch.Tensor
-    ) -> tuple:
+    def _parts(self, batch: dict, m: int) -> tuple[list[dict], torch.Tensor]:
+        """This rank's micro-batches of a global host batch, and the WHOLE batch's counts (M,)."""
+        counts = torch.as_tensor(tc.scored_counts(batch, m), dtype=self.dtype).to(self.device)
+        parts = tc.split_rows(batch, self.cfg.accumulate, rank=self.rank, world=self.world)
+        return [self._device_batch(p) for p in parts], counts
+
+    def _sample_losses(self, which: str, tokens: torch.Tensor, labels: torch.Tensor) -> tuple:
+        module = self._calls[which]
         logits, _ = logits_and_hidden(module, dict(module.named_parameters()), tokens)
         return per_sample_loss(logits, labels)
 
     def _pair_losses(self, tokens: torch.Tensor, labels: torch.Tensor) -> tuple:
-        lu, n = self._losses(self.proxy, tokens, labels)
-        lw, _ = self._losses(self.reference, tokens, labels)
+        lu, n = self._losses("proxy", tokens, labels)
+        lw, _ = self._losses("reference", tokens, labels)
         return lu, lw, n
 
     def _fused_twin_losses(self, tokens: torch.Tensor, labels: torch.Tensor) -> tuple:
@@ -113,40 +128,50 @@ class TwinTrainer:
             losses, ids, m, counts=counts, checked=False, segment_sum=_segment_sum
         )
 
-    def _objective(self, stats: tc.DomainStats, alpha: torch.Tensor | None) -> torch.Tensor:
-        means, _ = tc.domain_means(stats)
-        if alpha is None:  # batch sampled in proportion to alpha: plain mean
-            return stats.sums.sum() / stats.counts.sum().clamp_min(1)
-        return (alpha.to(means.dtype) * means).sum()
+    def _val_objective(self, val: dict, counts: torch.Tensor) -> torch.Tensor:
+        lv, nv = self._losses("reference", val["tokens"], val["labels"])
+        sums = self._stats(lv, nv, val["domain"], self.v).sums
+        present = (counts > 0).to(sums.dtype)
+        return tc.weighted_objective(sums, counts, present / present.sum().clamp_min(1))
 
-    def _val_objective(self, val: dict) -> torch.Tensor:
-        lv, nv = self._losses(self.reference, val["tokens"], val["labels"])
-        means, present = tc.domain_means(self._stats(lv, nv, val["domain"], self.v))
-        return means.sum() / present.sum().clamp_min(1)  # L_val = mean over validation domains
+    def _backward(self, loss: torch.Tensor, last: bool) -> None:
+        """Accumulate gradients of one part; DDP all-reduces only after the last micro-batch."""
+        with contextlib.ExitStack() as stack:
+            if not last:
+                for module in self._calls.values():
+                    if hasattr(module, "no_sync"):
+                        stack.enter_context(module.no_sync())
+            (loss * self.world).backward()  # DDP averages over ranks; the parts are a sum
 
-    def _apply(self, pairs: list[tuple[torch.Tensor, torch.optim.Optimizer, nn.Module]]) -> None:
-        """Backward and optimizer steps; non-finite losses get zero gradients (no host sync)."""
-        for _, opt, _ in pairs:
-            opt.zero_grad(set_to_none=False)
-        sum(loss for loss, _, _ in pairs).backward()
+    def _step(self, pairs: list[tuple[torch.optim.Optimizer, nn.Module]]) -> None:
+        """Optimizer steps; a non-finite gradient is zeroed on device and counted.
+
+        The check is on the gradient, identical on every rank after the all-reduce, so every rank
+        skips the same steps. No host sync, never a NaN parameter.
+        """
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
-        for loss, opt, module in pairs:
-            finite = torch.isfinite(loss)
+        for opt, module in pairs:
+            params = [p for p in module.parameters() if p.grad is not None]
+            grads = [p.grad for p in params]
+            norm = nn.utils.get_total_norm(grads)
+            finite = torch.isfinite(norm)
             bad = bad | ~finite
-            grads = [p.grad for p in module.parameters() if p.grad is not None]
             for g in grads:
                 g.nan_to_num_(0.0, 0.0, 0.0).mul_(finite)
             if self.cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(module.parameters(), self.cfg.grad_clip, foreach=True)
+                safe = torch.where(finite, norm, torch.zeros_like(norm))
+                nn.utils.clip_grads_with_norm_(params, self.cfg.grad_clip, safe, foreach=True)
             opt.step()
+            opt.zero_grad(set_to_none=False)
         self._count(bad)
 
     def _count(self, bad: torch.Tensor) -> None:
-        self._first_nonfinite = torch.where(
-            bad & (self._first_nonfinite < 0), self._step, self._first_nonfinite
+        first = torch.where(
+            bad & (self._first_nonfinite < 0), self._step_count, self._first_nonfinite
         )
+        self._first_nonfinite = first
         self._nonfinite = self._nonfinite + bad.to(torch.int64)
-        self._step = self._step + 1
+        self._step_count = self._step_count + 1
 
     # ------------------------------------------------------------------ engine API
     def init_mixture(self, transform: tc.MixtureTransform, num_domains: int) -> tc.MixtureState:
@@ -161,46 +186,56 @@ class TwinTrainer:
         copy_optimizer_state(self.opt_u, self.opt_w)
 
     def probe(self, train: dict, val: dict, alpha: torch.Tensor | None) -> tc.DomainStats:
-        """U on ``L_train``; w on ``L_val + gamma * L_train``, on the SAME train batch."""
-        tb, vb = self._device_batch(train), self._device_batch(val)
-        lu, lw, n = self._twin_losses(tb["tokens"], tb["labels"])
-        su, sw = self._stats(lu, n, tb["domain"], self.m), self._stats(lw, n, tb["domain"], self.m)
-        loss_w = self._val_objective(vb) + self.cfg.gamma * self._objective(sw, alpha)
-        self._apply(
-            [
-                (self._objective(su, alpha), self.opt_u, self.proxy),
-                (loss_w, self.opt_w, self.reference),
-            ]
-        )
-        return _detach(su)
+        """Probing step: u on ``L_train``, w on ``L_val + gamma * L_train``, SAME train batch."""
+        parts, counts = self._parts(train, self.m)
+        vparts, vcounts = self._parts(val, self.v)
+        stats = None
+        for i, (tb, vb) in enumerate(zip(parts, vparts)):
+            lu, lw, n = self._twin_losses(tb["tokens"], tb["labels"])
+            su, sw = (
+                self._stats(lu, n, tb["domain"], self.m),
+                self._stats(lw, n, tb["domain"], self.m),
+            )
+            loss_w = self._val_objective(vb, vcounts) + self.cfg.gamma * tc.weighted_objective(
+                sw.sums, counts, alpha
+            )
+            self._backward(
+                tc.weighted_objective(su.sums, counts, alpha) + loss_w, i == len(parts) - 1
+            )
+            stats = _merge(stats, su)
+        self._step([(self.opt_u, self.proxy), (self.opt_w, self.reference)])
+        return stats
 
     def free(
         self, train: dict, alpha: torch.Tensor | None, *, model: str = "proxy"
     ) -> tc.DomainStats:
         """One step of u (or of the reference w: DoReMi's reference phase) on the train batch."""
         module, opt = (self.proxy, self.opt_u) if model == "proxy" else (self.reference, self.opt_w)
-        tb = self._device_batch(train)
-        stats = self._stats(*self._losses(module, tb["tokens"], tb["labels"]), tb["domain"], self.m)
-        self._apply([(self._objective(stats, alpha), opt, module)])
-        return _detach(stats)
+        parts, counts = self._parts(train, self.m)
+        stats = None
+        for i, tb in enumerate(parts):
+            st = self._stats(*self._losses(model, tb["tokens"], tb["labels"]), tb["domain"], self.m)
+            self._backward(tc.weighted_objective(st.sums, counts, alpha), i == len(parts) - 1)
+            stats = _merge(stats, st)
+        self._step([(opt, module)])
+        return stats
 
     @torch.no_grad()
     def twin_update(self, batch: dict, state: tc.MixtureState, update: Callable) -> tuple:
-        """Per-domain losses of both twins on one batch (eval mode), Delta, mixture update."""
-        b = self._device_batch(batch)
+        """Per-domain losses of both twins (eval mode), summed over ranks, Delta, mixture update."""
+        parts, _ = self._parts(batch, self.m)
+        twin = None
         with _eval(self.proxy, self.reference):
-            lu, lw, n = self._twin_losses(b["tokens"], b["labels"])
-        twin = tc.TwinStats(
-            self._stats(lu, n, b["domain"], self.m), self._stats(lw, n, b["domain"], self.m)
-        )
+            for b in parts:
+                lu, lw, n = self._twin_losses(b["tokens"], b["labels"])
+                ids = b["domain"]
+                twin = _merge(
+                    twin,
+                    tc.TwinStats(self._stats(lu, n, ids, self.m), self._stats(lw, n, ids, self.m)),
+                )
+        twin = tc.all_reduce_stats(twin, all_reduce_sum)  # ONE collective, before any division
         delta, _ = tc.twin_delta(twin)
         return update(state, twin), {"delta": delta, "twin_distance": self.twin_distance()}
-
-    @torch.no_grad()
-    def twin_distance(self) -> torch.Tensor:
-        """``||u - w||`` over all parameters (device scalar)."""
-        diffs = torch._foreach_sub(list(self.proxy.parameters()), list(self.reference.parameters()))
-        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(diffs)))
 
     @torch.no_grad()
     def mixture_update(
@@ -209,51 +244,60 @@ class TwinTrainer:
         """``update(state, stats)`` (eager; the core update is cheap and compile-safe)."""
         return update(state, stats)
 
+    @torch.no_grad()
+    def twin_distance(self) -> torch.Tensor:
+        """``||u - w||`` over all parameters (device scalar)."""
+        diffs = torch._foreach_sub(list(self.proxy.parameters()), list(self.reference.parameters()))
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(diffs)))
+
+    def _token_losses(self, which: str, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        module = self._calls[which]
+        return token_losses(
+            logits_and_hidden(module, dict(module.named_parameters()), tokens)[0], labels
+        )
+
     def doremi_step(self, train: dict, state: tc.MixtureState, update: Callable | None) -> tuple:
-        """DoReMi Alg. 1: clipped excess loss vs the frozen reference w, mixture update, u step."""
-        b = self._device_batch(train)
-        keep = b["labels"] != tc.IGNORE_INDEX
-        with torch.no_grad(), _eval(self.reference):
-            ref = token_losses(
-                logits_and_hidden(
-                    self.reference, dict(self.reference.named_parameters()), b["tokens"]
-                )[0],
-                b["labels"],
-            )
-        tok = token_losses(
-            logits_and_hidden(self.proxy, dict(self.proxy.named_parameters()), b["tokens"])[0],
-            b["labels"],
-        )
+        """DoReMi Alg. 1: clipped excess loss vs the frozen reference w, mixture update, u step.
+
+        The whole step's excess statistics (all micro-batches, all ranks) update the mixture
+        BEFORE the proxy's gradient uses it: never a stale mixture.
+        """
+        parts, counts = self._parts(train, self.m)
         if update is not None:
-            excess = tc.excess_loss_stats(
-                tok.detach(),
-                ref,
-                keep,
-                b["domain"],
-                self.m,
-                checked=False,
-                segment_sum=_segment_sum,
-            )
-            state = update(state, excess)
-        n = keep.sum(-1)
-        stats = self._stats(tok.sum(-1) / n.clamp_min(1), n, b["domain"], self.m)
-        self._apply(
-            [
-                (
-                    self._objective(
-                        stats, state.alpha if self.cfg.sampling == "reweight" else None
-                    ),
-                    self.opt_u,
-                    self.proxy,
-                )
-            ]
-        )
-        return state, _detach(stats)
+            excess = None
+            with torch.no_grad(), _eval(self.reference):
+                for b in parts:
+                    keep = b["labels"] != tc.IGNORE_INDEX
+                    ref = self._token_losses("reference", b["tokens"], b["labels"])
+                    tok = self._token_losses("proxy", b["tokens"], b["labels"])
+                    excess = _merge(
+                        excess,
+                        tc.excess_loss_stats(
+                            tok,
+                            ref,
+                            keep,
+                            b["domain"],
+                            self.m,
+                            checked=False,
+                            segment_sum=_segment_sum,
+                        ),
+                    )
+            state = update(state, tc.all_reduce_stats(excess, all_reduce_sum))
+        alpha = state.alpha if self.cfg.sampling == "reweight" else None
+        stats = None
+        for i, b in enumerate(parts):
+            st = self._stats(*self._losses("proxy", b["tokens"], b["labels"]), b["domain"], self.m)
+            self._backward(tc.weighted_objective(st.sums, counts, alpha), i == len(parts) - 1)
+            stats = _merge(stats, st)
+        self._step([(self.opt_u, self.proxy)])
+        return state, stats
 
     def doge_step(
         self, train: dict, val: dict, state: tc.MixtureState, update: Callable | None
     ) -> tuple:
         """DoGE: alignment ``W_m = <g_m, g_val>``, mixture update, u step on ``sum alpha_m g_m``."""
+        if self.world > 1:
+            raise ConfigError("method='doge' runs on one process (per-domain gradients: no DDP)")
         tb, vb = self._device_batch(train), self._device_batch(val)
         grads, val_grad, losses, n = doge_gradients(self.proxy, tb, vb, self.m, self.v)
         scores = sum(g.flatten(1) @ val_grad[k].flatten() for k, g in grads.items())
@@ -262,14 +306,8 @@ class TwinTrainer:
         alpha = state.alpha.to(self.dtype)
         for name, p in self.proxy.named_parameters():
             p.grad = torch.einsum("m,m...->...", alpha, grads[name])
-        finite = torch.isfinite(scores).all() & torch.isfinite(losses).all()
-        for p in self.proxy.parameters():
-            p.grad.nan_to_num_(0.0, 0.0, 0.0).mul_(finite)
-        if self.cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.proxy.parameters(), self.cfg.grad_clip, foreach=True)
-        self.opt_u.step()
-        self._count(~finite)
-        return state, _detach(self._stats(losses, n, tb["domain"], self.m))
+        self._step([(self.opt_u, self.proxy)])
+        return state, self._stats(losses, n, tb["domain"], self.m)
 
     @torch.no_grad()
     def evaluate(self, batches: list[dict]) -> np.ndarray:
@@ -278,7 +316,10 @@ class TwinTrainer:
         with _eval(self.proxy):
             for batch in batches:
                 b = self._device_batch(batch)
-                loss, n = self._losses(self.proxy, b["tokens"], b["labels"])
+                logits, _ = logits_and_hidden(
+                    self.proxy, dict(self.proxy.named_parameters()), b["tokens"]
+                )
+                loss, n = per_sample_loss(logits, b["labels"])
                 keep = (n > 0).to(loss.dtype)
                 out.append((loss * keep).sum() / keep.sum().clamp_min(1))
         return torch.stack(out).double().cpu().numpy() if out else np.zeros(0)
@@ -296,7 +337,7 @@ class TwinTrainer:
             "opt_u": optimizer_to_tree(self.opt_u),
             "opt_w": optimizer_to_tree(self.opt_w),
             "counters": {
-                "step": self._step,
+                "step": self._step_count,
                 "nonfinite": self._nonfinite,
                 "first": self._first_nonfinite,
             },
@@ -312,7 +353,11 @@ class TwinTrainer:
         optimizer_from_tree(self.opt_u, state["opt_u"], self.device)
         optimizer_from_tree(self.opt_w, state["opt_w"], self.device)
         c = {k: self.to_device_tree(v) for k, v in state["counters"].items()}
-        self._step, self._nonfinite, self._first_nonfinite = c["step"], c["nonfinite"], c["first"]
+        self._step_count, self._nonfinite, self._first_nonfinite = (
+            c["step"],
+            c["nonfinite"],
+            c["first"],
+        )
         torch.set_rng_state(torch.as_tensor(np.asarray(state["torch_rng"])).to(torch.uint8))
 
     def to_device_tree(self, tree: Any) -> Any:
@@ -324,14 +369,26 @@ class TwinTrainer:
             tree,
         )
 
+    @torch.no_grad()
+    def predict_logits(self, batch: dict) -> torch.Tensor:
+        """The proxy's logits ``(B, T, V)`` on ``batch["tokens"]`` (eval mode, no grad), on device.
+
+        For probes of the predictive distribution, e.g. TaskPGM's pairwise divergences.
+        """
+        tokens = self._device_batch({"tokens": batch["tokens"]})["tokens"]
+        with _eval(self.proxy):
+            logits, _ = logits_and_hidden(self.proxy, dict(self.proxy.named_parameters()), tokens)
+        return logits
+
 
 def _vocab_size(model: nn.Module) -> int | None:
     cfg = getattr(model, "cfg", None) or getattr(model, "config", None)
     return getattr(cfg, "vocab_size", None)
 
 
-def _detach(stats: tc.DomainStats) -> tc.DomainStats:
-    return tc.DomainStats(*(None if a is None else a.detach() for a in stats))
+def _merge(acc: Any, stats: Any) -> Any:
+    stats = tc.tree_map(lambda a: a.detach(), stats)
+    return stats if acc is None else tc.merge_stats(acc, stats)
 
 
 class _eval:  # noqa: N801 - a context manager used like a function

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_job_options, load_job
+from ._common import add_job_options, launch_if_parallel, load_job
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +23,9 @@ def run(args: argparse.Namespace) -> int:
 
     weights = read_mixture(args.mixture, args.which)
     cfg = load_job(args, "compare")
+    launched = launch_if_parallel(args, cfg)
+    if launched is not None:
+        return launched
     table = compare(cfg, weights, overwrite=args.overwrite)
     domains = list(table["learned"])
     print(f"{'validation domain':<22}{'learned':>10}{'uniform':>10}{'diff':>10}")

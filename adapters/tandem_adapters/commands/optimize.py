@@ -6,7 +6,14 @@ import argparse
 
 import numpy as np
 
-from ._common import add_job_options, known_answer_notes, load_job, mixture_table, verdict
+from ._common import (
+    add_job_options,
+    known_answer_notes,
+    launch_if_parallel,
+    load_job,
+    mixture_table,
+    verdict,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,14 +30,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the job and print the mixture."""
-    from ..jobs import load_corpus, optimize
+    from ..jobs import load_corpus, optimize, rank
 
     cfg = load_job(args, cfg_kind(args))
+    launched = launch_if_parallel(args, cfg)
+    if launched is not None:
+        return launched
     known = load_corpus(cfg.data).known_answer
     print(
         f"tandem optimize: method={cfg.train.method} backend={cfg.run.backend} -> {cfg.run.run_dir}"
     )
     result = optimize(cfg, resume=args.resume, overwrite=args.overwrite)
+    if rank(cfg) != 0:
+        return 0
     m = len(result.domains)
     columns = {"average": result.average, "last": result.last, "uniform": np.full(m, 1 / m)}
     print(mixture_table(result.domains, columns, known_answer_notes(known)))

@@ -1,0 +1,177 @@
+"""Data parallelism: torch.distributed (gloo, 2 processes on 127.0.0.1) and JAX on 4 CPU devices."""
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from toy_data import toy_sampler
+
+import tandem_core as tc
+from tandem_core.gpt import GPTConfig, init_gpt_params
+
+pytestmark = pytest.mark.dist
+SMALL = GPTConfig(vocab_size=16, seq_len=16, d_model=32, n_layer=1, n_head=2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cfg(**kw):
+    base = dict(
+        steps=16,
+        batch_per_domain=4,
+        val_batch_size=6,
+        eval_per_domain=4,
+        log_every=4,
+        probe_steps=2,
+        free_steps=2,
+        dtype="float64",
+    )
+    base.update(kw)
+    return tc.TrainConfig(**base)
+
+
+def _torch_run(cfg):
+    from tandem_torch import TinyGPT, TwinTrainer
+
+    sampler = toy_sampler(seq_len=16)
+    trainer = TwinTrainer(
+        TinyGPT(SMALL, init_gpt_params(SMALL, 0), dtype=__import__("torch").float64),
+        cfg,
+        3,
+        num_val_domains=1,
+        device="cpu",
+    )
+    return tc.MixtureRun(trainer, sampler, cfg), trainer
+
+
+def _rank_main(rank, world, port, out, cfg_kw):
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        # 1. statistics: each rank holds part of a batch; domain 2 lives on rank 1 only
+        values = np.arange(8, dtype=np.float64) + 1.0
+        ids = (
+            np.array([0, 1, 0, 1, 0, 2, 0, 2]) if rank == 1 else np.array([0, 1, 0, 1, 0, 1, 0, 1])
+        )
+        from tandem_torch.distributed import all_reduce_sum
+
+        local = tc.domain_stats(torch.as_tensor(values), torch.as_tensor(ids), 3)
+        reduced = tc.all_reduce_stats(local, all_reduce_sum)
+        # 2. a run: alpha hashes compared on every update
+        run, _ = _torch_run(_cfg(**cfg_kw))
+        hashes = []
+        while not run.done:
+            before = len(run.trajectory)
+            run.step()
+            if len(run.trajectory) > before:
+                digest = hashlib.sha256(run.state.alpha.numpy().tobytes()).hexdigest()
+                gathered = [None] * world
+                dist.all_gather_object(gathered, digest)
+                hashes.append(len(set(gathered)) == 1)
+        result = run.run(progress=False)
+        if rank == 0:
+            np.savez(
+                out,
+                sums=reduced.sums.numpy(),
+                counts=reduced.counts.numpy(),
+                identical=np.array(hashes),
+                trajectory=result.trajectory,
+            )
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(tmp_path, **cfg_kw):
+    torch_mp = pytest.importorskip("torch.multiprocessing")
+    out = tmp_path / "rank0.npz"
+    torch_mp.spawn(_rank_main, args=(2, _free_port(), str(out), cfg_kw), nprocs=2, join=True)
+    return np.load(out)
+
+
+def test_two_ranks_equal_one_process_and_never_diverge(tmp_path):
+    pytest.importorskip("torch")
+    got = _spawn(tmp_path)
+    whole = tc.domain_stats(
+        np.concatenate([np.arange(8.0) + 1, np.arange(8.0) + 1]),
+        np.array([0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 2, 0, 2]),
+        3,
+    )
+    np.testing.assert_allclose(got["sums"], whole.sums)
+    np.testing.assert_array_equal(got["counts"], [8.0, 6.0, 2.0])  # domain 2: one rank only
+    assert got["identical"].size > 0 and got["identical"].all()  # bit-identical alpha on both ranks
+    single = _torch_run(_cfg())[0].run(progress=False)
+    np.testing.assert_allclose(got["trajectory"], single.trajectory, rtol=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kw", [{"method": "doremi", "reference_steps": 4}, {"accumulate": 2, "val_batch_size": 8}]
+)
+def test_two_ranks_other_methods(tmp_path, kw):
+    pytest.importorskip("torch")
+    got = _spawn(tmp_path, **kw)
+    assert got["identical"].all()
+    single = _torch_run(_cfg(**kw))[0].run(progress=False)
+    np.testing.assert_allclose(got["trajectory"], single.trajectory, rtol=1e-9)
+
+
+JAX_SCRIPT = textwrap.dedent(
+    """
+    import sys, json
+    sys.path.insert(0, {tests!r})
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import numpy as np
+    import tandem_core as tc
+    from tandem_core.gpt import GPTConfig, init_gpt_params
+    from tandem_jax import TinyGPT, TwinTrainer
+    from toy_data import toy_sampler
+    assert len(jax.devices()) == 4, jax.devices()
+    gpt = GPTConfig(vocab_size=16, seq_len=16, d_model=32, n_layer=1, n_head=2)
+    out = {{}}
+    for name, devices in (("single", None), ("sharded", jax.devices())):
+        cfg = tc.TrainConfig(steps=16, batch_per_domain=4, val_batch_size=8, eval_per_domain=4,
+                             log_every=4, probe_steps=2, free_steps=2, dtype="float64")
+        model = TinyGPT.create(gpt, init_gpt_params(gpt, 0), dtype="float64")
+        trainer = TwinTrainer(model, cfg, 3, num_val_domains=1, devices=devices)
+        result = tc.MixtureRun(trainer, toy_sampler(seq_len=16), cfg).run(progress=False)
+        out[name] = result.trajectory.tolist()
+        if devices:
+            batch = trainer._device_batch(toy_sampler(seq_len=16).train_batch(4))
+            out["sharding"] = str(batch["tokens"].sharding)
+    print("RESULT", json.dumps(out))
+    """
+)
+
+
+def test_jax_sharded_over_four_devices_equals_single_device():
+    pytest.importorskip("jax")
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAX_PLATFORMS": "cpu",
+    }
+    script = JAX_SCRIPT.format(tests=os.path.dirname(__file__))
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    out = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert "data" in out["sharding"]
+    np.testing.assert_allclose(np.array(out["sharded"]), np.array(out["single"]), rtol=1e-9)
