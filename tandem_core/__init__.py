@@ -66,6 +66,7 @@ from .gpt import GPTConfig as GPTConfig
 from .mixture import MixtureState as MixtureState
 from .mixture import MixtureSummary as MixtureSummary
 from .mixture import MixtureTransform as MixtureTransform
+from .mixture import check_mixture as check_mixture
 from .mixture import doge as doge
 from .mixture import doremi as doremi
 from .mixture import mixture_summary as mixture_summary

@@ -184,3 +184,24 @@ def mixture_summary(state: MixtureState) -> MixtureSummary:
     index = xp.asarray(order, dtype=xp.int32, device=array_device(state.history))
     trajectory = xp.take(state.history, index, axis=0) if size else state.history
     return MixtureSummary(average=average, last=state.alpha, trajectory=trajectory)
+
+
+def check_mixture(state: MixtureState, *, floor: float = 0.0, atol: float = 1e-5) -> None:
+    """Assert the mixture invariants on the host: finite, ``>= floor``, summing to 1.
+
+    A debugging aid (it reads alpha: a device sync); the trainers call it after every update
+    when ``debug`` is set.
+
+    Raises:
+        FloatingPointError: a non-finite, negative (below ``floor``) or unnormalised alpha.
+    """
+    alpha = to_numpy(state.alpha).astype("float64")
+    problems = []
+    if not (alpha == alpha).all() or abs(alpha).max() == float("inf"):
+        problems.append("non-finite values")
+    if alpha.min() < floor - atol:
+        problems.append(f"min {alpha.min():.3g} < floor {floor}")
+    if abs(alpha.sum() - 1.0) > atol * max(1, alpha.size):
+        problems.append(f"sum {alpha.sum():.9g} != 1")
+    if problems:
+        raise FloatingPointError(f"mixture invariant broken ({'; '.join(problems)}): alpha={alpha}")

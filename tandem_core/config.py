@@ -76,6 +76,7 @@ class TrainConfig:
     compile: bool = False
     fuse_twins: bool = False
     nonfinite: str = "skip"
+    debug: bool = False  # check the mixture invariants after every update (reads alpha: a sync)
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -110,8 +111,8 @@ class TrainConfig:
         for key in ("batch_per_domain", "val_batch_size", "eval_per_domain"):
             if getattr(self, key) % self.accumulate:
                 raise ConfigError(
-                    f"{key}={getattr(self, key)} must be a multiple of accumulate={self.accumulate} "
-                    "(micro-batches of equal size)"
+                    f"{key}={getattr(self, key)} must be a multiple of "
+                    f"accumulate={self.accumulate} (micro-batches of equal size)"
                 )
         if self.smoothing >= 1:
             raise ConfigError(f"smoothing must be < 1, got {self.smoothing}")

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ._transform import MixtureState, MixtureTransform, mixture_summary
+from ._transform import MixtureState, MixtureTransform, check_mixture, mixture_summary
 from ._utils import Array, to_numpy
 from .accounting import DomainStats, domain_means, merge_stats
 from .config import TrainConfig, make_transform
@@ -230,6 +230,10 @@ class MixtureRun:
     def _record(self) -> None:
         self.trajectory.append(self.state.alpha)
         self._alpha_host = None
+        if self.config.debug:
+            check_mixture(
+                self.state, floor=self.config.floor if self.config.method == "tandem" else 0
+            )
 
     def _trained(self, stats: DomainStats) -> None:
         self._acc = stats if self._acc is None else merge_stats(self._acc, stats)

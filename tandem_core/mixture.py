@@ -14,6 +14,7 @@ from typing import Any
 
 from ._transform import (
     MixtureState,
+    check_mixture,
     MixtureSummary,
     MixtureTransform,
     mixture_summary,
@@ -33,6 +34,7 @@ from .stages import smoothing as smoothing_stage
 
 __all__ = [
     "MixtureState",
+    "check_mixture",
     "MixtureSummary",
     "MixtureTransform",
     "doge",

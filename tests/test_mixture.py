@@ -310,3 +310,16 @@ def test_chain_checks_state_length():
     step = tc.chain(tc.gradient_descent(0.1), tc.simplex_projection())
     with pytest.raises(ValueError, match="chain has 2 stages but the state has 1"):
         step.update(np.full(2, 0.5), np.zeros(2), (tc.stages.EmptyState(),))
+
+
+def test_check_mixture_reports_broken_invariants():
+    t = tc.tandem(floor=0.1)
+    state = t.init(3)
+    tc.check_mixture(state, floor=0.1)
+    for bad, msg in [
+        ([0.5, 0.6, -0.1], "min -0.1"),
+        ([0.5, 0.6, 0.1], "sum 1.2"),
+        ([np.nan, 0.5, 0.5], "non-finite"),
+    ]:
+        with pytest.raises(FloatingPointError, match=msg):
+            tc.check_mixture(state._replace(alpha=np.array(bad)))
