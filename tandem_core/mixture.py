@@ -14,9 +14,9 @@ from typing import Any
 
 from ._transform import (
     MixtureState,
-    check_mixture,
     MixtureSummary,
     MixtureTransform,
+    check_mixture,
     mixture_summary,
     mixture_transform,
 )
