@@ -54,6 +54,14 @@ def slow(session: nox.Session) -> None:
 
 
 @nox.session
+def dist(session: nox.Session) -> None:
+    """Data-parallel tests: 2 torch processes on gloo (127.0.0.1) and JAX on 4 CPU devices."""
+    install(session, ALL_EXTRAS)
+    env = {"TANDEM_TEST_BACKENDS": "numpy,torch,jax", "OMP_NUM_THREADS": "1"}
+    session.run("pytest", "-m", "dist", *(session.posargs or ["-q"]), env=env)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff lint and format check."""
     session.install("ruff>=0.6")
