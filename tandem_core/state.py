@@ -16,6 +16,7 @@ import os
 import tempfile
 import zipfile
 from collections import namedtuple
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,15 @@ import numpy as np
 
 from ._utils import as_namespace, to_numpy
 
-__all__ = ["FORMAT", "VERSION", "CorruptStateError", "load_state", "read_metadata", "save_state"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "CorruptStateError",
+    "atomic_write",
+    "load_state",
+    "read_metadata",
+    "save_state",
+]
 
 FORMAT = "tandem-state"
 VERSION = 1
@@ -88,11 +97,31 @@ def save_state(path: str | os.PathLike, state: Any, *, metadata: dict | None = N
     meta = {"format": FORMAT, "version": VERSION, "tree": tree, "metadata": metadata or {}}
     meta["sha256"] = _digest(arrays)
     payload = {**arrays, _META: np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
+    return atomic_write(path, lambda f: np.savez(f, **payload))
+
+
+def atomic_write(path: str | os.PathLike, write: bytes | str | Callable[[Any], None]) -> Path:
+    """Write a file through a temporary file in the same folder, fsync and rename.
+
+    A crash or a failing writer (disk full) leaves the previous complete file, or none, never a
+    partial one, and no temporary file behind.
+
+    Args:
+        path: destination.
+        write: the content (bytes or str) or a function writing into a binary file object.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
+            if callable(write):
+                write(f)
+            else:
+                f.write(write.encode() if isinstance(write, str) else write)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -12,7 +12,6 @@ import datetime
 import json
 import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,28 +20,11 @@ import numpy as np
 import tomli_w
 
 import tandem_core as tc
+from tandem_core.state import atomic_write
 
 __all__ = ["MIXTURE_FORMAT", "RunDir", "atomic_write", "read_mixture", "versions"]
 
 MIXTURE_FORMAT = "tandem-mixture"
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def versions() -> dict[str, str]:
