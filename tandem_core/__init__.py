@@ -14,6 +14,9 @@ Pure functions over the Array API (numpy, torch, jax, ...); never imports torch 
 """
 
 from ._utils import tree_map as tree_map
+from ._weighting import AdaptStepInfo as AdaptStepInfo
+from ._weighting import SampleWeighting as SampleWeighting
+from ._weighting import merge_step_info as merge_step_info
 from .accounting import MISSING_POLICIES as MISSING_POLICIES
 from .accounting import DomainStats as DomainStats
 from .accounting import TwinStats as TwinStats
@@ -34,11 +37,13 @@ from .adapt import AdaptTransform as AdaptTransform
 from .adapt import AnchorSum as AnchorSum
 from .adapt import WeightSummary as WeightSummary
 from .adapt import adapt as adapt
+from .adapt import adapt_mask as adapt_mask
 from .adapt import adapt_scores as adapt_scores
 from .adapt import adapt_weights as adapt_weights
 from .adapt import anchor_centroid as anchor_centroid
 from .adapt import anchor_sum as anchor_sum
 from .adapt import bm25_scores as bm25_scores
+from .adapt import bm25_term_weights as bm25_term_weights
 from .adapt import centroid_from_sum as centroid_from_sum
 from .adapt import l2_normalize as l2_normalize
 from .adapt import merge_anchor_sums as merge_anchor_sums
@@ -53,6 +58,7 @@ from .backend import available_backends as available_backends
 from .backend import load_backend as load_backend
 from .config import ConfigError as ConfigError
 from .config import TrainConfig as TrainConfig
+from .config import make_adapt as make_adapt
 from .config import make_transform as make_transform
 from .data import IGNORE_INDEX as IGNORE_INDEX
 from .data import BatchSampler as BatchSampler

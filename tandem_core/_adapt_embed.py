@@ -12,6 +12,7 @@ from ._utils import Array, array_device, float_dtype, namespace
 __all__ = [
     "COUNTINGS",
     "AnchorSum",
+    "adapt_mask",
     "adapt_scores",
     "anchor_centroid",
     "anchor_sum",
@@ -42,6 +43,29 @@ def _cumsum(x: Array, *, xp: Any) -> Array:
     if native is None:
         return xp.cumulative_sum(x, axis=-1, dtype=x.dtype)
     return native(x, axis=-1, dtype=x.dtype)
+
+
+def adapt_mask(labels: Array, ignore_index: int = -100) -> Array:
+    """Valid input tokens of right-padded rows: up to one past the last scored label.
+
+    The batch contract has no attention mask: padding is ``labels == ignore_index`` at the end of
+    a row (``windows``) and the token before the first padded label is still a real input
+    (its label is the padding). Prompt tokens with ignored labels before a scored answer count
+    as valid, as in an attention mask. Left padding is not recognised: pass your own mask.
+
+    Args:
+        labels: integer array ``(B, T)``.
+        ignore_index: the label of positions that are not scored.
+
+    Returns:
+        bool array ``(B, T)``; all ``False`` for a row without any scored label.
+    """
+    xp = namespace(labels)
+    check_rank("labels", labels, 2, "(B, T)")
+    scored = xp.astype(labels != ignore_index, xp.int32)
+    # suffix[t] = scored labels at positions >= t; token t is valid iff suffix[t - 1] > 0
+    suffix = xp.flip(_cumsum(xp.flip(scored, axis=-1), xp=xp), axis=-1)
+    return xp.concat([suffix[:, :1], suffix[:, :-1]], axis=-1) > 0
 
 
 def position_weights(mask: Array, *, dtype: Any = None, counting: str = "valid") -> Array:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["QUERY_ROLES", "bm25_scores"]
+__all__ = ["QUERY_ROLES", "bm25_scores", "bm25_term_weights"]
 
 QUERY_ROLES = ("train", "anchor")
 
@@ -93,3 +93,34 @@ def bm25_scores(
     q_count = np.bincount(v_tok, minlength=vocab).astype(np.float64) / n_anchor
     contrib = q_count[term] * _idf(df, n_train)[term] * sat
     return np.bincount(doc, weights=contrib, minlength=n_train)
+
+
+def bm25_term_weights(
+    anchor_docs: Sequence[Sequence[int]], vocab_size: int, *, k1: float = 1.5, b: float = 0.75
+) -> np.ndarray:
+    """The ``query="train"`` BM25 index over the anchors as one weight per vocabulary term.
+
+    With the anchors as the collection, ``(1/|V|) sum_v BM25(x, v) = sum over the tokens t of x
+    (repeats count) of q_t``, where ``q_t = IDF(t) * mean_v f(t, v) (k1 + 1) / (f(t, v) + k1 (1
+    - b + b |v| / avgdl))``. Scoring a training batch is then a gather and a row sum, which
+    equals ``bm25_scores(rows, anchor_docs)`` (online ADAPT-BM25, no Python loop per batch).
+
+    Args:
+        anchor_docs: |V| >= 1 sequences of token ids in ``[0, vocab_size)``.
+        vocab_size: size of the token id space.
+        k1: term-frequency saturation, >= 0.
+        b: length normalisation in ``[0, 1]``.
+
+    Returns:
+        float64 array ``(vocab_size,)``, zero for terms absent from the anchors.
+    """
+    if not k1 >= 0 or not 0.0 <= b <= 1.0:
+        raise ValueError(f"need k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
+    if len(anchor_docs) == 0:
+        raise ValueError("anchor_docs is empty: ADAPT-BM25 needs at least one anchor")
+    tokens, doc_of = _flatten(anchor_docs)
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(f"anchor token ids must be in [0, {vocab_size})")
+    n = len(anchor_docs)
+    _, term, sat, df = _saturated_tf(tokens, doc_of, n, int(vocab_size), k1, b)
+    return _idf(df, n) * np.bincount(term, weights=sat, minlength=int(vocab_size)) / n

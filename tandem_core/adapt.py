@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from ._adapt_embed import (
     COUNTINGS,
     AnchorSum,
+    adapt_mask,
     adapt_scores,
     anchor_centroid,
     anchor_sum,
@@ -27,7 +28,7 @@ from ._adapt_embed import (
     pool_hidden,
     position_weights,
 )
-from ._bm25 import bm25_scores
+from ._bm25 import bm25_scores, bm25_term_weights
 from ._utils import Array, array_device, as_namespace, namespace, safe_increment
 
 __all__ = [
@@ -36,11 +37,13 @@ __all__ = [
     "AnchorSum",
     "WeightSummary",
     "adapt",
+    "adapt_mask",
     "adapt_scores",
     "adapt_weights",
     "anchor_centroid",
     "anchor_sum",
     "bm25_scores",
+    "bm25_term_weights",
     "centroid_from_sum",
     "l2_normalize",
     "merge_anchor_sums",

@@ -9,12 +9,24 @@ from typing import Any
 
 from ._transform import MixtureTransform
 from .accounting import MISSING_POLICIES
+from .adapt import AdaptTransform, adapt
 from .mixture import NORMALIZE, STEPS, doge, doremi, natural, tandem, temperature, uniform
 from .schedule import EPISODE_MEANINGS, Schedule
 
-__all__ = ["METHODS", "ConfigError", "TrainConfig", "make_transform"]
+__all__ = [
+    "METHODS",
+    "STATIC_METHODS",
+    "WEIGHTINGS",
+    "ConfigError",
+    "TrainConfig",
+    "check_weighting_method",
+    "make_adapt",
+    "make_transform",
+]
 
 METHODS = ("tandem", "doremi", "doge", "uniform", "natural", "temperature")
+STATIC_METHODS = ("uniform", "natural", "temperature")  # fixed mixtures: ADAPT can run with them
+WEIGHTINGS = ("none", "adapt", "bm25")
 OPTIMIZERS = ("adamw", "sgd")
 SAMPLING = ("reweight", "sample")
 NONFINITE = ("skip", "raise")
@@ -31,6 +43,10 @@ class TrainConfig:
 
     Defaults work out of the box on the built-in synthetic suite (SPEC 1.4: the twin difference is
     tiny, so TANDEM's default normalises Delta by its running RMS and takes EG steps).
+
+    Per-sample loss weighting (ADAPT, SPEC 2) is ``weighting`` with the ``adapt_*`` / ``bm25_*``
+    keys; it runs with the static mixtures only (``check_weighting_method``). ``adapt_tau``
+    defaults to 0.1 (DataFlex: 1.0, which confines the weights to [0.27, 0.73]; SPEC 2.3).
     """
 
     method: str = "tandem"
@@ -77,6 +93,19 @@ class TrainConfig:
     fuse_twins: bool = False
     nonfinite: str = "skip"
     debug: bool = False  # check the mixture invariants after every update (reads alpha: a sync)
+    # per-sample loss weighting (ADAPT, SPEC 2): with static mixtures only (STATIC_METHODS)
+    weighting: str = "none"  # none | adapt (model embeddings) | bm25 (static lexical scores)
+    adapt_tau: float = 0.1  # gate temperature: w = sigmoid(s / max(tau, eps))
+    adapt_refresh: int = 50  # R: proxy steps between anchor-centroid refreshes (adapt)
+    adapt_clip: float | None = None  # optional cap on the weights
+    adapt_center: float | None = None  # optional score offset before the gate (NOT in the paper)
+    adapt_anchor: str = ""  # anchor set path, read by the adapters (empty: the validation set)
+    adapt_anchor_max: int = 64  # anchor windows per anchor stream
+    adapt_anchor_batch: int = 32  # rows per anchor forward (the last batch is padded)
+    bm25_tau: float = 1.0  # gate temperature of the standardised BM25 scores
+    bm25_k1: float = 1.5
+    bm25_b: float = 0.75
+    bm25_sample: int = 256  # training windows that estimate the BM25 standardisation
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -90,19 +119,21 @@ class TrainConfig:
             ("sampling", SAMPLING),
             ("nonfinite", NONFINITE),
             ("dtype", DTYPES),
+            ("weighting", WEIGHTINGS),
         ):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is not one of {allowed}")
         positive = ("steps", "probe_steps", "gamma", "eta_alpha", "eta_mixture", "update_every")
         positive += ("temperature", "lr", "eps", "batch_per_domain", "val_batch_size")
         positive += ("eval_per_domain", "log_every", "eval_max_per_domain", "accumulate")
+        positive += ("adapt_refresh", "adapt_anchor_max", "adapt_anchor_batch", "bm25_sample")
         for key in positive:
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
         for key in ("free_steps", "weight_decay", "momentum", "floor", "smoothing", "eval_every"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
-        for key in ("lr_reference", "grad_clip", "reference_steps"):
+        for key in ("lr_reference", "grad_clip", "reference_steps", "adapt_clip"):
             value = getattr(self, key)
             if value is not None and not value > 0:
                 raise ConfigError(f"{key} must be > 0 (or unset), got {value}")
@@ -116,6 +147,7 @@ class TrainConfig:
                 )
         if self.smoothing >= 1:
             raise ConfigError(f"smoothing must be < 1, got {self.smoothing}")
+        _check_weighting(self)
         try:
             _ = self.schedule.length
         except ValueError as err:
@@ -155,6 +187,44 @@ def _check_types(cfg: TrainConfig) -> None:
             raise ConfigError(
                 f"{f.name} must be {_names(allowed)}, got {type(value).__name__} {value!r}"
             )
+
+
+def _check_weighting(cfg: TrainConfig) -> None:
+    finite = ("adapt_tau", "bm25_tau", "bm25_k1", "bm25_b")
+    for key in finite:
+        if not 0 <= getattr(cfg, key) < float("inf"):  # also rejects NaN
+            raise ConfigError(f"{key} must be finite and >= 0, got {getattr(cfg, key)}")
+    if cfg.bm25_b > 1:
+        raise ConfigError(f"bm25_b must be in [0, 1], got {cfg.bm25_b}")
+    if cfg.adapt_center is not None and not abs(cfg.adapt_center) < float("inf"):
+        raise ConfigError(f"adapt_center must be finite (or unset), got {cfg.adapt_center}")
+
+
+def check_weighting_method(cfg: TrainConfig) -> None:
+    """Per-sample weighting runs only with a static mixture (raises ``ConfigError`` otherwise).
+
+    ADAPT reweights samples inside ONE model's training loop; the learned-mixture methods
+    (TANDEM's twin probes, DoReMi's excess loss, DoGE's alignment) measure per-domain signals on
+    unweighted losses, and mixing the two would change what they measure. Checked when a run is
+    built (``MixtureRun``), not in ``TrainConfig``, so a job that replaces the method (``tandem
+    train`` uses ``natural``) can load a config with ``weighting`` set.
+    """
+    if cfg.weighting != "none" and cfg.method not in STATIC_METHODS:
+        raise ConfigError(
+            f"weighting={cfg.weighting!r} reweights samples in training with a fixed mixture: "
+            f"use it with method in {STATIC_METHODS} (e.g. `tandem train --weighting "
+            f"{cfg.weighting}`), not with method={cfg.method!r}"
+        )
+
+
+def make_adapt(cfg: TrainConfig) -> AdaptTransform:
+    """The ADAPT transform (anchor centroid and gate) a configuration asks for.
+
+    For ``weighting="bm25"`` only its gate is used, with ``bm25_tau`` (the scores, standardised
+    on the host, have unit spread where cosines have a small one).
+    """
+    tau = cfg.bm25_tau if cfg.weighting == "bm25" else cfg.adapt_tau
+    return adapt(tau, cfg.adapt_refresh, cfg.adapt_clip, center=cfg.adapt_center)
 
 
 def _names(types: tuple) -> str:

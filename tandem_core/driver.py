@@ -16,7 +16,9 @@ import numpy as np
 
 from ._transform import MixtureState, MixtureTransform, check_mixture, mixture_summary
 from ._utils import Array, to_numpy
+from ._weighting import SampleWeighting
 from .accounting import DomainStats, domain_means, merge_stats
+from .adapt import AdaptState, AdaptTransform
 from .config import TrainConfig, make_transform
 from .data import Batch, BatchSampler, check_batch
 from .schedule import Phase
@@ -66,6 +68,21 @@ class Engine(Protocol):
     def evaluate(self, batches: list[Batch]) -> np.ndarray:
         """Mean per-sample loss of the proxy on each batch: host ``(len(batches),)``."""
 
+    def weighted_free(
+        self, train: Batch, alpha: Array | None, transform: AdaptTransform, state: Any
+    ) -> tuple:
+        """ADAPT: one proxy step on ``sum_m alpha_m sum_{i in m} w_i l_i / N_m``.
+
+        ``w = transform.gate(s)`` under stop-gradient, with ``s`` the batch's ``score`` column
+        (ADAPT-BM25) or ``transform.scores(state, hidden, mask)`` from the hidden states of the
+        training forward itself. Returns ``(DomainStats of the unweighted losses, AdaptStepInfo)``.
+        """
+
+    def adapt_refresh(
+        self, transform: AdaptTransform, state: AdaptState | None, batches: list[Batch], step: int
+    ) -> AdaptState:
+        """Anchor centroid from the proxy's pooled hidden states (no grad); ``refresh`` at step."""
+
     def counters(self) -> dict[str, Array]:
         """Device counters: ``nonfinite`` steps and ``first_nonfinite`` step (-1 if none)."""
 
@@ -89,6 +106,7 @@ class RunResult:
     val_domains: tuple[str, ...] = ()
     val_losses: np.ndarray | None = None  # (V,) final proxy loss per validation domain
     metrics: list[dict] = field(default_factory=list)
+    weighting: dict | None = None  # per-sample weighting summary (ADAPT): mean weight per domain
 
 
 class MixtureRun:
@@ -100,6 +118,9 @@ class MixtureRun:
         config: the training configuration.
         transform: optional custom ``MixtureTransform`` (default: from ``config``).
         callback: called with each metrics dict (logging steps), e.g. to write metrics.jsonl.
+        anchors: ADAPT's anchor batches (``config.weighting != "none"``); default: the
+            sampler's validation sets (``config.adapt_anchor_max`` windows per stream).
+        adapt_transform: a custom ``AdaptTransform`` (default ``make_adapt(config)``).
     """
 
     def __init__(
@@ -110,6 +131,8 @@ class MixtureRun:
         *,
         transform: MixtureTransform | None = None,
         callback: Callable[[dict], None] | None = None,
+        anchors: list[Batch] | None = None,
+        adapt_transform: AdaptTransform | None = None,
     ) -> None:
         self.engine, self.sampler, self.config, self.callback = engine, sampler, config, callback
         self.domains = tuple(sampler.domains)
@@ -126,6 +149,12 @@ class MixtureRun:
         self._alpha_host: np.ndarray | None = None
         self._clock = time.perf_counter()
         self.should_stop: Callable[[], bool] | None = None  # polled between ticks (SIGTERM)
+        self.weighting: SampleWeighting | None = None  # ADAPT / ADAPT-BM25 (static mixtures)
+        if config.weighting != "none":
+            vocab = getattr(engine, "vocab_size", None) or sampler.vocab_size
+            self.weighting = SampleWeighting(
+                config, sampler, anchors, transform=adapt_transform, vocab_size=vocab
+            )
 
     # ---------------------------------------------------------------- schedule
     @property
@@ -184,13 +213,18 @@ class MixtureRun:
         elif cfg.method == "doge":
             self.state, stats = self.engine.doge_step(train, self._val_batch(), self.state, update)
         else:
-            stats = self.engine.free(train, self._weights())
+            stats = self._free(train)
             update = self.transform.update if self.proxy_step % cfg.update_every == 0 else None
             if update is not None:  # static mixtures: the update only counts
                 self.state = self.engine.mixture_update(self.state, self.state.alpha, update)
         if update is not None:
             self._record()
         self._trained(stats)
+
+    def _free(self, train: Batch) -> DomainStats:
+        if self.weighting is None:
+            return self.engine.free(train, self._weights())
+        return self.weighting.step(self.engine, train, self._weights(), self.proxy_step)
 
     def _train_batch(self, uniform: bool = False) -> Batch:
         if self.config.sampling == "sample":
@@ -265,6 +299,8 @@ class MixtureRun:
         row["mixture_updates"] = int(to_numpy(self.state.count))
         row["skipped_updates"] = int(to_numpy(self.state.skipped))
         row["missing"] = dict(zip(self.domains, map(int, to_numpy(self.state.missing))))
+        if self.weighting is not None:
+            row.update(self.weighting.log_row(self.domains))
         counters = {k: int(to_numpy(v)) for k, v in self.engine.counters().items()}
         row.update(counters)
         if evaluate:
@@ -340,6 +376,7 @@ class MixtureRun:
             val_domains=tuple(self.sampler.val_domains),
             val_losses=None if val is None else np.array(list(val.values())),
             metrics=list(self.metrics),
+            weighting=None if self.weighting is None else self.weighting.summary(self.domains),
         )
 
     # ---------------------------------------------------------------- checkpoints
@@ -356,6 +393,7 @@ class MixtureRun:
             "sampler": self.sampler.state_dict(),
             "engine": self.engine.state_dict(),
             "metrics": list(self.metrics),
+            "weighting": None if self.weighting is None else self.weighting.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -370,6 +408,10 @@ class MixtureRun:
         self.sampler.load_state_dict(state["sampler"])
         self.metrics = list(state["metrics"])
         self._alpha_host = None
+        if self.weighting is not None:
+            if state.get("weighting") is None:
+                raise ValueError("the checkpoint has no per-sample weighting state")
+            self.weighting.load_state_dict(state["weighting"], self.engine.to_device_tree)
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:
@@ -387,4 +429,6 @@ def _postfix(row: dict) -> str:
     if "episode" in row:
         parts.insert(0, f"ep={row['episode']}")
     parts.append(" ".join(f"{d}={w:.2f}" for d, w in top))
+    if "weights" in row:
+        parts.append(f"w={row['weights']['mean']:.2f}")
     return " ".join(parts)

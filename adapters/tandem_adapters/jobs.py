@@ -1,7 +1,8 @@
 """The jobs behind the CLI, usable from Python.
 
-``optimize`` learns a mixture, ``train`` trains with a fixed one, ``compare`` trains with the
-learned and the uniform mixture on the same budget.
+``optimize`` learns a mixture, ``train`` trains with a fixed one (optionally with ADAPT per-sample
+weights, ``train.weighting``), ``compare`` trains with the learned and the uniform mixture on the
+same budget.
 """
 
 from __future__ import annotations
@@ -9,26 +10,41 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import tandem_core as tc
+from tandem_core.config import check_weighting_method
 
 from .config import DataConfig, JobConfig
 from .data import (
+    DataError,
     DomainCorpus,
     TokenSampler,
+    from_arrays,
     load_folder,
     load_hf_dataset,
     load_tokenizer,
     make_suite,
 )
+from .data.formats import read_file
+from .data.streams import build_corpus
+from .data.windows import sequential_starts, windows
 from .models import build_model, make_trainer
 from .run_dir import RunDir
 
-__all__ = ["Interrupted", "build_run", "compare", "load_corpus", "optimize", "train"]
+__all__ = [
+    "Interrupted",
+    "build_run",
+    "compare",
+    "load_anchors",
+    "load_corpus",
+    "optimize",
+    "train",
+]
 
 
 class Interrupted(RuntimeError):
@@ -67,14 +83,66 @@ def load_corpus(data: DataConfig) -> DomainCorpus:
     )
 
 
+def load_anchors(cfg: JobConfig, corpus: DomainCorpus, anchor: Any = None) -> list[dict] | None:
+    """ADAPT's anchor set as batches: the first ``train.adapt_anchor_max`` windows per stream.
+
+    Args:
+        cfg: the job (``data`` table: tokenizer, text field, ``seq_len``; ``train.adapt_anchor``).
+        corpus: the training corpus (its vocabulary bounds the anchor tokens).
+        anchor: a file or folder (read like training data: one stream per file or domain), a
+            ``DomainCorpus`` (its validation streams, else its training streams), a mapping of
+            name -> tokens or documents, or ``None`` for ``train.adapt_anchor``.
+
+    Returns:
+        Host batches, or ``None`` when no anchor is given (the run then anchors on the corpus's
+        validation / target set).
+    """
+    source = anchor if anchor is not None else (cfg.train.adapt_anchor or None)
+    if source is None:
+        return None
+    if isinstance(source, DomainCorpus):
+        streams = source.val or source.train
+    elif isinstance(source, Mapping):
+        streams = from_arrays(source, vocab_size=corpus.vocab_size).train
+    else:
+        streams = _read_streams(cfg, Path(source), corpus.vocab_size)
+    seq_len, rows = cfg.data.seq_len, cfg.train.adapt_anchor_max
+    out = []
+    for stream in streams:
+        if int(stream.max(initial=0)) >= corpus.vocab_size:
+            raise DataError(f"anchor token ids exceed the vocabulary ({corpus.vocab_size})")
+        tokens, labels = windows(stream, sequential_starts(stream.shape[0], seq_len, rows), seq_len)
+        out.append({"tokens": tokens, "labels": labels, "domain": np.zeros(len(tokens), np.int32)})
+    return out
+
+
+def _read_streams(cfg: JobConfig, path: Path, vocab_size: int) -> tuple[np.ndarray, ...]:
+    """Token streams of a file (one stream) or a folder (one per domain), data-table options."""
+    data = cfg.data
+    tokenizer = load_tokenizer(data.tokenizer) if data.tokenizer else None
+    if path.is_file():
+        parts = [(str(path), read_file(path, text_field=data.text_field, bin_dtype=data.bin_dtype))]
+        return build_corpus(
+            {path.stem: parts}, {}, tokenizer=tokenizer, vocab_size=vocab_size
+        ).train
+    return load_folder(
+        path,
+        tokenizer=tokenizer,
+        text_field=data.text_field,
+        bin_dtype=data.bin_dtype,
+        vocab_size=vocab_size,
+    ).train
+
+
 def build_run(
     cfg: JobConfig,
     corpus: DomainCorpus,
     *,
     transform: tc.MixtureTransform | None = None,
     callback: Callable[[dict], None] | None = None,
+    anchors: list[dict] | None = None,
 ) -> tc.MixtureRun:
-    """Sampler, model, the backend's trainer and the run loop for a job."""
+    """Sampler, model, the backend's trainer and the run loop for a job (``anchors``: ADAPT's)."""
     devices = _setup_backend(cfg)
     sampler = TokenSampler(corpus, cfg.data.seq_len, seed=cfg.data.seed)
     model = build_model(
@@ -89,7 +157,9 @@ def build_run(
         device=cfg.run.device,
         devices=devices,
     )
-    return tc.MixtureRun(trainer, sampler, cfg.train, transform=transform, callback=callback)
+    return tc.MixtureRun(
+        trainer, sampler, cfg.train, transform=transform, callback=callback, anchors=anchors
+    )
 
 
 def _setup_backend(cfg: JobConfig) -> list | None:
@@ -191,6 +261,7 @@ def optimize(
     cfg: JobConfig, *, resume: bool = False, overwrite: bool = False, echo: Callable = print
 ) -> tc.RunResult:
     """Learn a mixture with ``cfg.train.method``; writes the run directory; returns the result."""
+    check_weighting_method(cfg.train)  # before anything is read or written
     corpus = load_corpus(cfg.data)
     rd = _run_dir(cfg, resume=resume, overwrite=overwrite)
     run = build_run(cfg, corpus, callback=rd.append_metrics)
@@ -204,18 +275,43 @@ def train(
     cfg: JobConfig,
     weights: dict[str, float] | None,
     *,
+    anchor: Any = None,
     resume: bool = False,
     overwrite: bool = False,
     echo: Callable = print,
 ) -> tc.RunResult:
-    """Train a fresh model with a FIXED mixture (``None``: uniform); per-domain validation loss."""
+    """Train a fresh model with a FIXED mixture (``None``: uniform); per-domain validation loss.
+
+    With ``cfg.train.weighting`` ``"adapt"`` or ``"bm25"`` every sample's loss is also weighted
+    by its similarity to the anchor set (ADAPT, SPEC 2): ``anchor`` (see ``load_anchors``), else
+    ``train.adapt_anchor``, else the validation / target set. mixture.json then records the
+    weighting and the mean weight per domain (``result.weighting``).
+
+    Example (Python API)::
+
+        cfg = JobConfig.load(overrides=["train.steps=200", "train.weighting=adapt"])
+        result = train(cfg, None, anchor="my_target.txt")
+        result.weighting["weight_by_domain"]  # {domain: mean weight}
+    """
     corpus = load_corpus(cfg.data)
     alpha = _align(weights, corpus.domains)
     cfg = cfg.replace(train={"method": "natural"})  # a static mixture: no twins, no updates
+    if anchor is not None and not isinstance(anchor, (str, os.PathLike)):
+        anchor_name = type(anchor).__name__  # in-memory anchors: not part of config.toml
+    else:
+        if anchor is not None:
+            cfg = cfg.replace(train={"adapt_anchor": str(anchor)})  # recorded, checked on resume
+        anchor_name = cfg.train.adapt_anchor or "validation set"
+    anchors = load_anchors(cfg, corpus, anchor) if cfg.train.weighting != "none" else None
     rd = _run_dir(cfg, resume=resume, overwrite=overwrite)
-    run = build_run(cfg, corpus, transform=tc.natural(alpha), callback=rd.append_metrics)
+    run = build_run(
+        cfg, corpus, transform=tc.natural(alpha), callback=rd.append_metrics, anchors=anchors
+    )
     result = _execute(cfg, run, rd, resume=resume, echo=echo)
-    rd.write_mixture(result, backend=cfg.run.backend, extra={"fixed": True})
+    extra: dict[str, Any] = {"fixed": True}
+    if result.weighting is not None:
+        extra["weighting"] = {**result.weighting, "anchor": anchor_name}
+    rd.write_mixture(result, backend=cfg.run.backend, extra=extra)
     _plot(rd, result)
     return result
 

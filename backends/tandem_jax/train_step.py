@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import tandem_core as tc
 from tandem_core.config import ConfigError, TrainConfig
 
+from .adapt_step import AdaptSteps
 from .grads import doge_gradients
 from .models import per_sample_loss, token_losses
 from .optim import make_optimizer
@@ -101,8 +102,10 @@ def _count(counters: tuple, bad: jax.Array) -> tuple:
     return step + 1, nonfinite + bad.astype(nonfinite.dtype), first
 
 
-class TwinTrainer:
+class TwinTrainer(AdaptSteps):
     """JAX engine of ``tandem_core.MixtureRun``: twins as equinox pytrees, optax optimizers.
+
+    ADAPT's weighted step and anchor refresh come from ``AdaptSteps`` (``adapt_step.py``).
 
     Args:
         model: the proxy u, an equinox module ``model(tokens) -> (logits, hidden)``.

@@ -22,6 +22,7 @@ import tandem_core as tc
 from tandem_core import tree_map
 from tandem_core.config import ConfigError, TrainConfig
 
+from .adapt_step import AdaptSteps
 from .distributed import all_reduce_sum, world_and_rank, wrap
 from .grads import doge_gradients
 from .models import logits_and_hidden, per_sample_loss, token_losses
@@ -34,8 +35,10 @@ def _segment_sum(data: torch.Tensor, ids: torch.Tensor, num_segments: int) -> to
     return data.new_zeros((num_segments, *data.shape[1:])).index_add(0, ids.long(), data)
 
 
-class TwinTrainer:
+class TwinTrainer(AdaptSteps):
     """PyTorch engine of ``tandem_core.MixtureRun``: twins, optimizers, per-domain statistics.
+
+    ADAPT's weighted step and anchor refresh come from ``AdaptSteps`` (``adapt_step.py``).
 
     Args:
         model: the proxy u (any causal LM ``nn.Module``; see ``models.logits_and_hidden``). The
@@ -83,9 +86,11 @@ class TwinTrainer:
             self._calls = {k: wrap(m, self.device) for k, m in self._calls.items()}
         self._losses = self._sample_losses
         self._twin_losses = self._fused_twin_losses if config.fuse_twins else self._pair_losses
+        self._hidden_step = self._hidden_losses  # ADAPT: losses and hidden states, one forward
         if config.compile:
             self._losses = torch.compile(self._losses, dynamic=False)
             self._twin_losses = torch.compile(self._twin_losses, dynamic=False)
+            self._hidden_step = torch.compile(self._hidden_step, dynamic=False)
 
     # ------------------------------------------------------------------ losses
     def _device_batch(self, batch: dict) -> dict[str, torch.Tensor]:
