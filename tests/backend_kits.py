@@ -214,3 +214,17 @@ def available_kits():
 
 
 SMALL = tc.GPTConfig(vocab_size=16, seq_len=16, d_model=32, n_layer=1, n_head=2)
+TOY = dict(
+    steps=40,
+    batch_per_domain=4,
+    val_batch_size=6,
+    eval_per_domain=4,
+    log_every=10,
+    probe_steps=2,
+    free_steps=3,
+)
+
+
+def toy_config(**overrides) -> tc.TrainConfig:
+    """A TrainConfig sized for the 3-domain toy task; keyword arguments override the defaults."""
+    return tc.TrainConfig(**{**TOY, **overrides})

@@ -61,6 +61,12 @@ def pytest_report_header(config):
     return f"tandem array namespaces: {[p.id for p in NAMESPACES]}"
 
 
+@pytest.fixture(params=__import__("backend_kits").available_kits())
+def kit(request):
+    """One backend's test kit (torch, jax): the same test body runs on both trainers."""
+    return request.param()
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from backend_kits import SMALL, available_kits
+from backend_kits import SMALL, available_kits, toy_config
 from toy_data import ToySampler, toy_sampler
 from utils import asarray, assert_close
 
@@ -18,27 +18,24 @@ from tandem_core.gpt import gpt_forward_numpy, init_gpt_params
 KITS = available_kits()
 
 
-@pytest.fixture(params=KITS)
-def kit(request):
-    return request.param()
-
-
 def _cfg(**kw):
-    base = dict(
-        method="uniform",
-        weighting="adapt",
-        steps=12,
-        batch_per_domain=4,
-        log_every=4,
-        adapt_refresh=5,
-        adapt_tau=0.2,
-        adapt_anchor_batch=8,
-        adapt_anchor_max=12,
-        eval_max_per_domain=8,
-        dtype="float64",  # one dtype and batch shape for all: JAX compiles each step once
+    return toy_config(
+        **{
+            "method": "uniform",
+            "weighting": "adapt",
+            "steps": 12,
+            "log_every": 4,
+            "adapt_refresh": 5,
+            "adapt_tau": 0.2,
+            "adapt_anchor_batch": 8,
+            "adapt_anchor_max": 12,
+            "eval_max_per_domain": 8,
+            "dtype": "float64",  # one dtype and batch shape for all: JAX compiles each step once
+            "val_batch_size": 32,
+            "eval_per_domain": 16,
+            **kw,
+        }
     )
-    base.update(kw)
-    return tc.TrainConfig(**base)
 
 
 def _run(kit, cfg, sampler=None, seed=0, **run_kw):

@@ -2,32 +2,15 @@
 
 import numpy as np
 import pytest
-from backend_kits import SMALL, available_kits
+from backend_kits import SMALL, toy_config
 from toy_data import toy_sampler
 
 import tandem_core as tc
 from tandem_core.gpt import gpt_forward_numpy, init_gpt_params, token_losses
 
-KITS = available_kits()
-
-
-@pytest.fixture(params=KITS)
-def kit(request):
-    return request.param()
-
 
 def _cfg(**kw):
-    base = dict(
-        steps=40,
-        batch_per_domain=4,
-        val_batch_size=6,
-        eval_per_domain=4,
-        log_every=10,
-        probe_steps=2,
-        free_steps=3,
-    )
-    base.update(kw)
-    return tc.TrainConfig(**base)
+    return toy_config(**kw)
 
 
 def _run(kit, cfg, sampler=None, gpt=SMALL, model_kw=None, **trainer_kw):

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from backend_kits import SMALL, JaxKit, TorchKit
+from backend_kits import SMALL, JaxKit, TorchKit, toy_config
 from toy_data import toy_sampler
 
 import tandem_core as tc
@@ -16,17 +16,7 @@ KITS = (TorchKit(), JaxKit())
 
 
 def _cfg(**kw):
-    base = dict(
-        steps=40,
-        batch_per_domain=4,
-        val_batch_size=6,
-        eval_per_domain=4,
-        log_every=5,
-        probe_steps=3,
-        free_steps=4,
-    )
-    base.update(kw)
-    return tc.TrainConfig(**base)
+    return toy_config(**{"log_every": 5, "probe_steps": 3, "free_steps": 4, **kw})
 
 
 def _runs(cfg, seed=0):

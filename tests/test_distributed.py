@@ -9,6 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from backend_kits import toy_config
 from toy_data import toy_sampler
 
 import tandem_core as tc
@@ -25,18 +26,7 @@ def _free_port() -> int:
 
 
 def _cfg(**kw):
-    base = dict(
-        steps=16,
-        batch_per_domain=4,
-        val_batch_size=6,
-        eval_per_domain=4,
-        log_every=4,
-        probe_steps=2,
-        free_steps=2,
-        dtype="float64",
-    )
-    base.update(kw)
-    return tc.TrainConfig(**base)
+    return toy_config(**{"steps": 16, "log_every": 4, "free_steps": 2, "dtype": "float64", **kw})
 
 
 def _torch_run(cfg):
