@@ -24,7 +24,8 @@ SMALL = [
 ]
 
 
-def _args(run_dir, *extra, backend="torch", steps=60):
+def _args(run_dir, *extra, backend=None, steps=60):
+    backend = backend or BACKENDS[0]
     sets = [
         *SMALL,
         f"run.backend={backend}",
@@ -57,7 +58,12 @@ def _backends():
     return out
 
 
-@pytest.mark.parametrize("backend", _backends())
+BACKENDS = _backends()
+# a model backend is an optional extra: the numpy-only session has neither
+needs_backend = pytest.mark.skipif(not BACKENDS, reason="needs torch or jax")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_optimize_moves_weight_off_noise(tmp_path, backend, capsys):
     run = tmp_path / "run"
     assert main(["optimize", *_args(run, backend=backend, steps=200)]) == 0
@@ -71,6 +77,7 @@ def test_optimize_moves_weight_off_noise(tmp_path, backend, capsys):
     assert "[ok] noise" in out and "expected" in out
 
 
+@needs_backend
 def test_train_compare_plot_from_a_learned_mixture(tmp_path, capsys):
     learned = tmp_path / "learned"
     assert main(["optimize", *_args(learned, steps=40)]) == 0
@@ -118,6 +125,7 @@ def test_bad_config_fails_before_work_naming_the_key(tmp_path, capsys, sets, mes
     assert not (tmp_path / "r").exists()  # nothing was started
 
 
+@needs_backend
 def test_missing_data_and_existing_run_dir(tmp_path, capsys):
     assert (
         main(
@@ -138,6 +146,7 @@ def test_missing_data_and_existing_run_dir(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err and _mixture(run)["steps"] == 20
 
 
+@needs_backend
 def test_mixture_with_other_domains_is_rejected(tmp_path, capsys):
     bad = tmp_path / "mixture.json"
     run = tmp_path / "learned"
@@ -188,7 +197,7 @@ def cache_env(request):
     }
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "sig, code", [(signal.SIGTERM, 143), pytest.param(signal.SIGKILL, -9, marks=pytest.mark.slow)]
 )
@@ -220,6 +229,7 @@ def test_interrupted_run_resumes_bitwise(tmp_path, backend, sig, code, cache_env
     assert _metrics(whole) == _metrics(cut)
 
 
+@needs_backend
 def test_truncated_checkpoint_is_reported_on_resume(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["optimize", *_args(run, steps=20)]) == 0
@@ -229,6 +239,7 @@ def test_truncated_checkpoint_is_reported_on_resume(tmp_path, capsys):
     assert "truncated or corrupted" in capsys.readouterr().err
 
 
+@needs_backend
 def test_resume_with_another_config_is_refused(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["optimize", *_args(run, steps=20)]) == 0
@@ -236,6 +247,7 @@ def test_resume_with_another_config_is_refused(tmp_path, capsys):
     assert "different configuration" in capsys.readouterr().err
 
 
+@needs_backend
 def test_disk_full_while_checkpointing_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     import tandem_core.state as state_mod
 
@@ -266,8 +278,8 @@ def test_disk_full_while_checkpointing_keeps_the_last_good_checkpoint(tmp_path, 
 def test_nproc_two_matches_one_process(tmp_path):
     pytest.importorskip("torch")
     one, two = tmp_path / "one", tmp_path / "two"
-    assert main(["optimize", *_args(one, steps=30)]) == 0
-    assert main(["optimize", *_args(two, steps=30), "--nproc", "2"]) == 0
+    assert main(["optimize", *_args(one, backend="torch", steps=30)]) == 0
+    assert main(["optimize", *_args(two, backend="torch", steps=30), "--nproc", "2"]) == 0
     np.testing.assert_allclose(
         np.array(_mixture(one)["trajectory"]), np.array(_mixture(two)["trajectory"]), atol=1e-5
     )

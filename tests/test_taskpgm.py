@@ -194,7 +194,7 @@ def test_pairwise_empty_is_nan_and_duplicates_zero(xp, rng):
 
 
 def test_pairwise_single_model_and_bf16():
-    import torch
+    torch = pytest.importorskip("torch")
 
     state = tp.jsd_update(tp.jsd_init(1), np.zeros((1, 2, 3)))
     assert tp.jsd_result(state).tolist() == [[0.0]]
