@@ -62,6 +62,19 @@ def dist(session: nox.Session) -> None:
 
 
 @nox.session
+def bench(session: nox.Session) -> None:
+    """benchmarks/speed.py and quality.py on CPU (< 30 min on 2 cores), into RESULTS.md."""
+    install(session, "dev,torch,jax")
+    env = {
+        "OMP_NUM_THREADS": "1",
+        "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+        "BENCH_VIA": "nox -s bench",
+    }
+    session.run("python", "benchmarks/speed.py", "--write", env=env)
+    session.run("python", "benchmarks/quality.py", "--write", env=env)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff lint and format check."""
     session.install("ruff>=0.6")

@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,3 +23,21 @@ def test_every_reliability_row_names_existing_tests():
         for file, name in refs:
             current = file or current
             assert name in _test_names(ROOT / current), f"{current}::{name} does not exist"
+
+
+def _readme_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def test_readme_python_blocks_compile_and_the_trainer_example_runs():
+    blocks = _readme_blocks()
+    assert len(blocks) >= 2
+    for block in blocks:
+        compile(block, "README.md", "exec")
+    pytest.importorskip("torch")
+    example = next(b for b in blocks if "from tandem_torch import" in b)
+    assert "steps=600" in example
+    scope: dict = {}
+    exec("import tandem_core as tc\n" + example.replace("steps=600", "steps=30"), scope)
+    result = scope["result"]
+    assert result.steps == 30 and abs(result.average.sum() - 1.0) < 1e-6

@@ -1,0 +1,289 @@
+"""Backend comparison: the same TANDEM task on JAX (jit), torch eager and ``torch.compile``.
+
+Used by ``tandem bench`` and ``benchmarks/speed.py``. Every engine gets the same job
+configuration (model, data, seed, batch sizes; ``sampling="reweight"``: fixed per-domain
+sub-batches, so the compute does not depend on the mixture values), runs whole episodes through
+``tandem_core.MixtureRun`` (host sampling, driver, device steps), and is timed in interleaved
+rounds. Compile time (the first two episodes minus two steady ones) is reported apart from the
+steady state. Peak memory is measured in a fresh process per engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+import tandem_core as tc
+
+from .config import JobConfig
+
+__all__ = [
+    "ENGINES",
+    "block",
+    "build",
+    "compare_backends",
+    "format_table",
+    "machine_info",
+    "peak_memory",
+    "rss_mib",
+    "time_blocks",
+]
+
+# engine name -> (backend, train overrides)
+ENGINES: dict[str, tuple[str, dict[str, Any]]] = {
+    "jax": ("jax", {}),
+    "torch": ("torch", {}),
+    "torch-compile": ("torch", {"compile": True}),
+    "jax-fused": ("jax", {"fuse_twins": True}),
+    "torch-fused": ("torch", {"fuse_twins": True}),
+}
+NO_LOGGING = 10**9  # log_every inside timed loops: no logging step, hence no host read
+
+
+def engine_config(cfg: JobConfig, engine: str) -> JobConfig:
+    """``cfg`` for one engine: its backend and options, no progress bar, no logging steps."""
+    if engine not in ENGINES:
+        raise tc.ConfigError(f"unknown engine {engine!r}; choose from {sorted(ENGINES)}")
+    backend, overrides = ENGINES[engine]
+    train = {"log_every": NO_LOGGING, "eval_every": 0, "steps": NO_LOGGING, **overrides}
+    return cfg.replace(run={"backend": backend, "progress": False}, train=train)
+
+
+def build(cfg: JobConfig, engine: str, corpus: Any = None) -> tc.MixtureRun:
+    """A ``MixtureRun`` of ``cfg`` on ``engine`` (one of ``ENGINES``)."""
+    from .jobs import build_run, load_corpus
+
+    cfg = engine_config(cfg, engine)
+    return build_run(cfg, corpus if corpus is not None else load_corpus(cfg.data))
+
+
+def block(run: tc.MixtureRun) -> None:
+    """Wait until the device has finished every queued step of ``run`` (no-op on eager CPU)."""
+    engine = run.engine
+    if hasattr(engine, "pu"):  # JAX: asynchronous dispatch
+        import jax
+
+        jax.block_until_ready((engine.pu, engine.pw, engine.counters_, run.state))
+    elif getattr(getattr(engine, "device", None), "type", "cpu") == "cuda":
+        import torch
+
+        torch.cuda.synchronize(engine.device)
+
+
+def time_blocks(run: tc.MixtureRun, blocks: int) -> tuple[float, int]:
+    """Seconds and proxy steps of ``blocks`` schedule periods (whole TANDEM episodes)."""
+    ticks = blocks * run.schedule.length
+    before = run.proxy_step
+    block(run)
+    start = time.perf_counter()
+    for _ in range(ticks):
+        run.step()
+    block(run)
+    return time.perf_counter() - start, run.proxy_step - before
+
+
+def tokens_per_step(cfg: JobConfig, num_domains: int) -> int:
+    """Training tokens one proxy step consumes (rows x sequence length)."""
+    return cfg.train.batch_per_domain * num_domains * cfg.data.seq_len
+
+
+def compare_backends(
+    cfg: JobConfig,
+    engines: list[str],
+    *,
+    episodes: int = 2,
+    rounds: int = 3,
+    echo: Any = None,
+) -> tuple[list[dict], dict[str, tc.MixtureRun]]:
+    """Time ``engines`` on the task ``cfg`` in interleaved rounds.
+
+    Args:
+        cfg: the job (model, data, train tables); the engine sets the backend.
+        engines: names from ``ENGINES``.
+        episodes: episodes per engine per round.
+        rounds: interleaved rounds (the order rotates each round).
+        echo: optional ``print``-like progress callback.
+
+    Returns:
+        One row per engine (seconds per episode min / median, steps/s, tokens/s, compile
+        seconds, max |alpha - alpha of the first engine|), and the warm runs by engine name.
+    """
+    from .jobs import load_corpus
+
+    corpus = load_corpus(cfg.data)
+    runs, compile_s, times = {}, {}, {e: [] for e in engines}
+    for name in engines:
+        start = time.perf_counter()
+        runs[name] = build(cfg, name, corpus)
+        setup = time.perf_counter() - start
+        first, _ = time_blocks(runs[name], 2)  # compiles (JAX recompiles in episode 2)
+        steady, _ = time_blocks(runs[name], 1)
+        compile_s[name] = max(setup + first - 2 * steady, 0.0)
+        if echo:
+            echo(f"  {name}: built and warmed up in {setup + first + steady:.1f} s")
+    steps = 0
+    for r in range(rounds):
+        order = engines[r % len(engines) :] + engines[: r % len(engines)]
+        for name in order:
+            seconds, steps = time_blocks(runs[name], episodes)
+            times[name].append(seconds / episodes)
+    steps_per_episode = steps // episodes
+    tokens = tokens_per_step(cfg, len(corpus.domains))
+    reference = _host(runs[engines[0]].state.alpha)
+    rows = []
+    for name in engines:
+        med = statistics.median(times[name])
+        rows.append(
+            {
+                "engine": name,
+                "episode_s_min": min(times[name]),
+                "episode_s_median": med,
+                "steps_per_s": steps_per_episode / med,
+                "tokens_per_s": steps_per_episode * tokens / med,
+                "compile_s": compile_s[name],
+                "alpha_diff": float(np.abs(_host(runs[name].state.alpha) - reference).max()),
+            }
+        )
+    fastest = max(r["steps_per_s"] for r in rows)
+    for row in rows:
+        row["ratio_to_fastest"] = row["steps_per_s"] / fastest
+    return rows, runs
+
+
+def _host(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def rss_mib() -> tuple[float, float]:
+    """Current and peak resident memory of this process, MiB (``VmRSS``, ``VmHWM``)."""
+    values = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024
+    return values.get("VmRSS", float("nan")), values.get("VmHWM", float("nan"))
+
+
+def peak_memory(cfg: JobConfig, engine: str, *, timeout: float = 600) -> dict:
+    """Peak memory of ``engine`` on ``cfg`` over two episodes, measured in a fresh process.
+
+    Returns:
+        ``{"rss_mib": peak RSS minus RSS after imports, data and model (CPU; includes the twins,
+        optimizer states, activations and the JIT compiler's own memory), "device_mib": peak
+        device allocation (GPU only, else None)}``.
+    """
+    payload = json.dumps({"cfg": cfg.to_mapping(), "engine": engine})
+    cmd = [sys.executable, "-m", "tandem_adapters.bench", payload]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory probe of {engine} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _memory_probe(payload: str) -> dict:
+    spec = json.loads(payload)
+    cfg = engine_config(JobConfig.from_mapping(spec["cfg"]), spec["engine"])
+    from .jobs import build_run, load_corpus
+    from .models import build_model
+
+    corpus = load_corpus(cfg.data)
+    build_model(cfg.model, backend=cfg.run.backend, vocab_size=corpus.vocab_size, seq_len=2)
+    baseline, _ = rss_mib()  # libraries loaded and initialised, data in memory
+    run = build_run(cfg, corpus)
+    time_blocks(run, 2)
+    _, peak = rss_mib()
+    device = None
+    if cfg.run.backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            device = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        import jax
+
+        stats = jax.devices()[0].memory_stats()
+        if stats and "peak_bytes_in_use" in stats:
+            device = stats["peak_bytes_in_use"] / 2**20
+    return {"rss_mib": peak - baseline, "device_mib": device}
+
+
+def machine_info() -> dict[str, str]:
+    """CPU model, cores, accelerator, library versions and thread settings (for result files)."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version()}
+    info["numpy"] = np.__version__
+    for name in ("torch", "jax", "jaxlib", "equinox", "optax"):
+        try:
+            info[name] = __import__(name).__version__
+        except ImportError:
+            info[name] = "not installed"
+    info["accelerator"] = _accelerator()
+    for var in ("OMP_NUM_THREADS", "XLA_FLAGS"):
+        info[var] = os.environ.get(var, "(unset)")
+    if "torch" in sys.modules:
+        info["torch threads"] = str(sys.modules["torch"].get_num_threads())
+    return info
+
+
+def _accelerator() -> str:
+    names = []
+    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+        names.append(sys.modules["torch"].cuda.get_device_name(0))
+    if "jax" in sys.modules:
+        names += sorted(
+            {d.device_kind for d in sys.modules["jax"].devices() if d.platform != "cpu"}
+        )
+    return ", ".join(names) or "none (CPU only)"
+
+
+def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """A plain-text table: ``columns`` are ``(key, header, format)``, e.g. ``("x", "x", ".3f")``."""
+    cells = [[h for _, h, _ in columns]]
+    for row in rows:
+        cells.append([_cell(row.get(k), fmt) for k, _, fmt in columns])
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    lines = []
+    for r in cells:
+        padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        lines.append("  ".join(padded).rstrip())
+    lines.insert(1, "-" * max(len(ln) for ln in lines))
+    return "\n".join(lines)
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str) or not fmt:
+        return str(value)
+    return format(value, fmt)
+
+
+BACKEND_COLUMNS = [
+    ("engine", "engine", ""),
+    ("steps_per_s", "steps/s", ".1f"),
+    ("tokens_per_s", "tokens/s", ",.0f"),
+    ("episode_s_min", "episode s (min)", ".3f"),
+    ("episode_s_median", "episode s (median)", ".3f"),
+    ("ratio_to_fastest", "speed / fastest", ".2f"),
+    ("compile_s", "warm-up s", ".1f"),
+    ("rss_mib", "peak RSS +MiB", ".0f"),
+    ("device_mib", "device peak MiB", ".0f"),
+]
+
+
+if __name__ == "__main__":  # the memory probe of ``peak_memory``: one engine, fresh process
+    print(json.dumps(_memory_probe(sys.argv[1])))
