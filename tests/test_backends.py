@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from backend_kits import SMALL, toy_config
-from toy_data import toy_sampler
+from toy_data import PoisonRows, toy_sampler
 
 import tandem_core as tc
 from tandem_core.gpt import gpt_forward_numpy, init_gpt_params, token_losses
@@ -155,25 +155,6 @@ def test_fused_twins_equal_sequential(kit):
         for fuse in (False, True)
     ]
     np.testing.assert_allclose(results[0].trajectory, results[1].trajectory, rtol=1e-9)
-
-
-class PoisonRows:
-    """Wraps a sampler: the train batches of the given calls get the poison token in row 0."""
-
-    def __init__(self, base, token, calls):
-        self.base, self.token, self.calls, self.n = base, token, set(calls), 0
-        for attr in ("domains", "val_domains", "seq_len", "vocab_size"):
-            setattr(self, attr, getattr(base, attr))
-
-    def train_batch(self, per_domain):
-        batch = self.base.train_batch(per_domain)
-        if self.n in self.calls:
-            batch["tokens"][0, 3] = self.token
-        self.n += 1
-        return batch
-
-    def __getattr__(self, name):
-        return getattr(self.base, name)
 
 
 def test_nan_loss_skips_the_step_and_alpha_stays_finite(kit):

@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 from backend_kits import toy_config
-from toy_data import toy_sampler
+from toy_data import PoisonRows, toy_sampler
 
 import tandem_core as tc
 from tandem_core.gpt import GPTConfig, init_gpt_params
@@ -29,12 +29,19 @@ def _cfg(**kw):
     return toy_config(**{"steps": 16, "log_every": 4, "free_steps": 2, "dtype": "float64", **kw})
 
 
-def _torch_run(cfg):
-    from tandem_torch import TinyGPT, TwinTrainer
+def _torch_run(cfg, poison_calls=()):
+    """A float64 run on the toy data; ``poison_calls``: train batches whose row 0 makes a NaN."""
+    from backend_kits import TorchKit
 
-    sampler = toy_sampler(seq_len=16)
+    from tandem_torch import TwinTrainer
+
+    sampler, gpt, poison = toy_sampler(seq_len=16), SMALL, None
+    if poison_calls:  # token 99 is outside the data's vocabulary: only row 0 of those batches
+        gpt, poison = GPTConfig(vocab_size=100, seq_len=16, d_model=32, n_layer=1, n_head=2), 99
+        sampler = PoisonRows(sampler, poison, calls=poison_calls)
+        sampler.vocab_size = 100
     trainer = TwinTrainer(
-        TinyGPT(SMALL, init_gpt_params(SMALL, 0), dtype=__import__("torch").float64),
+        TorchKit().model(gpt, init_gpt_params(gpt, 0), "float64", poison=poison),
         cfg,
         3,
         num_val_domains=1,
@@ -43,7 +50,7 @@ def _torch_run(cfg):
     return tc.MixtureRun(trainer, sampler, cfg), trainer
 
 
-def _rank_main(rank, world, port, out, cfg_kw):
+def _rank_main(rank, world, port, out, cfg_kw, poison_calls=()):
     import torch
     import torch.distributed as dist
 
@@ -61,7 +68,7 @@ def _rank_main(rank, world, port, out, cfg_kw):
         local = tc.domain_stats(torch.as_tensor(values), torch.as_tensor(ids), 3)
         reduced = tc.all_reduce_stats(local, all_reduce_sum)
         # 2. a run: alpha hashes compared on every update
-        run, _ = _torch_run(_cfg(**cfg_kw))
+        run, trainer = _torch_run(_cfg(**cfg_kw), poison_calls)
         hashes = []
         while not run.done:
             before = len(run.trajectory)
@@ -72,12 +79,18 @@ def _rank_main(rank, world, port, out, cfg_kw):
                 dist.all_gather_object(gathered, digest)
                 hashes.append(len(set(gathered)) == 1)
         result = run.run(progress=False)
+        params = torch.cat([p.detach().reshape(-1) for p in trainer.proxy.parameters()])
+        gathered = [None] * world
+        dist.all_gather_object(gathered, hashlib.sha256(params.numpy().tobytes()).hexdigest())
         if rank == 0:
             np.savez(
                 out,
                 sums=reduced.sums.numpy(),
                 counts=reduced.counts.numpy(),
                 identical=np.array(hashes),
+                same_params=np.array(len(set(gathered)) == 1),
+                finite=np.isfinite(params.numpy()).all() and np.isfinite(result.trajectory).all(),
+                nonfinite=np.array(result.metrics[-1]["nonfinite"]),
                 trajectory=result.trajectory,
             )
         dist.barrier()
@@ -85,10 +98,11 @@ def _rank_main(rank, world, port, out, cfg_kw):
         dist.destroy_process_group()
 
 
-def _spawn(tmp_path, **cfg_kw):
+def _spawn(tmp_path, poison_calls=(), **cfg_kw):
     torch_mp = pytest.importorskip("torch.multiprocessing")
     out = tmp_path / "rank0.npz"
-    torch_mp.spawn(_rank_main, args=(2, _free_port(), str(out), cfg_kw), nprocs=2, join=True)
+    args = (2, _free_port(), str(out), cfg_kw, poison_calls)
+    torch_mp.spawn(_rank_main, args=args, nprocs=2, join=True)
     return np.load(out)
 
 
@@ -105,6 +119,13 @@ def test_two_ranks_equal_one_process_and_never_diverge(tmp_path):
     assert got["identical"].size > 0 and got["identical"].all()  # bit-identical alpha on both ranks
     single = _torch_run(_cfg())[0].run(progress=False)
     np.testing.assert_allclose(got["trajectory"], single.trajectory, rtol=1e-9)
+
+
+def test_a_nan_on_one_rank_is_skipped_by_every_rank(tmp_path):
+    pytest.importorskip("torch")
+    got = _spawn(tmp_path, poison_calls={2, 9})  # row 0 of a batch lives on one rank only
+    assert got["nonfinite"] == 2 and got["finite"]
+    assert got["identical"].all() and got["same_params"]  # both ranks skipped the same steps
 
 
 @pytest.mark.slow
@@ -129,7 +150,7 @@ JAX_SCRIPT = textwrap.dedent(
     import tandem_core as tc
     from tandem_core.gpt import GPTConfig, init_gpt_params
     from tandem_jax import TinyGPT, TwinTrainer
-    from toy_data import toy_sampler
+    from toy_data import PoisonRows, toy_sampler
     assert len(jax.devices()) == 4, jax.devices()
     gpt = GPTConfig(vocab_size=16, seq_len=16, d_model=32, n_layer=1, n_head=2)
     out = {{}}

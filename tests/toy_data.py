@@ -110,3 +110,22 @@ def toy_sampler(seq_len: int = 16, seed: int = 0, **kw) -> ToySampler:
 
 
 assert isinstance(toy_sampler(), tc.BatchSampler)
+
+
+class PoisonRows:
+    """Wraps a sampler: the train batches of the given calls get the poison token in row 0."""
+
+    def __init__(self, base, token, calls):
+        self.base, self.token, self.calls, self.n = base, token, set(calls), 0
+        for attr in ("domains", "val_domains", "seq_len", "vocab_size"):
+            setattr(self, attr, getattr(base, attr))
+
+    def train_batch(self, per_domain):
+        batch = self.base.train_batch(per_domain)
+        if self.n in self.calls:
+            batch["tokens"][0, 3] = self.token
+        self.n += 1
+        return batch
+
+    def __getattr__(self, name):
+        return getattr(self.base, name)

@@ -10,17 +10,26 @@ import numpy as np
 from ..config import JobConfig
 
 
-def add_job_options(parser: argparse.ArgumentParser) -> None:
-    """--config / --set / --resume / --overwrite / --quiet."""
-    parser.add_argument("--config", "-c", help="TOML file with [run] [data] [model] [train] tables")
+def add_config_options(
+    parser: argparse.ArgumentParser,
+    tables: str = "[run] [data] [model] [train]",
+    example: str = "--set train.steps=300 --set run.backend=jax",
+) -> None:
+    """--config FILE / --set TABLE.KEY=VALUE (repeatable)."""
+    parser.add_argument("--config", "-c", help=f"TOML file with {tables} tables")
     parser.add_argument(
         "--set",
         "-s",
         action="append",
         default=[],
         metavar="TABLE.KEY=VALUE",
-        help="override one setting, e.g. --set train.steps=300 --set run.backend=jax",
+        help=f"override one setting, e.g. {example}",
     )
+
+
+def add_job_options(parser: argparse.ArgumentParser) -> None:
+    """--config / --set / --resume / --overwrite / --quiet."""
+    add_config_options(parser)
     parser.add_argument("--resume", action="store_true", help="continue the run in run.run_dir")
     parser.add_argument("--overwrite", action="store_true", help="replace a run in run.run_dir")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

@@ -7,6 +7,8 @@ import importlib.util
 import json
 import os
 
+from ._common import add_config_options
+
 DEFAULT_ENGINES = "jax,torch,torch-compile"
 
 
@@ -15,15 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench", help="compare the backends on one task: steps/s, tokens/s, memory, compile time"
     )
-    p.add_argument("--config", "-c", help="TOML file with [data] [model] [train] tables")
-    p.add_argument(
-        "--set",
-        "-s",
-        action="append",
-        default=[],
-        metavar="TABLE.KEY=VALUE",
-        help="override one setting of the task, e.g. --set model.d_model=32",
-    )
+    add_config_options(p, "[data] [model] [train]", "--set model.d_model=32")
     p.add_argument(
         "--engines",
         default=None,

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from ._common import known_answer_notes, load_job, mixture_table, verdict
+from ._common import add_config_options, known_answer_notes, load_job, mixture_table, verdict
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,14 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--probe", "-p", help="probe set: a file or folder (default: the tasks' validation data)"
     )
-    p.add_argument("--config", "-c", help="TOML file with [run] [data] [model] [train] [taskpgm]")
-    p.add_argument(
-        "--set",
-        "-s",
-        action="append",
-        default=[],
-        metavar="TABLE.KEY=VALUE",
-        help="override one setting, e.g. --set taskpgm.lam=2 --set run.backend=jax",
+    add_config_options(
+        p, "[run] [data] [model] [train] [taskpgm]", "--set taskpgm.lam=2 --set run.backend=jax"
     )
     p.add_argument("--overwrite", action="store_true", help="replace a run in run.run_dir")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
