@@ -87,13 +87,19 @@ def _scan_sum(fn: Any, batch: dict, parts: int) -> Any:
 
 
 def _apply(tx: optax.GradientTransformation, params: Any, opt: Any, grads: Any) -> tuple:
-    """Optimizer step; a non-finite gradient is zeroed and reported (mirrors the torch trainer)."""
+    """Optimizer step; one with a non-finite gradient is skipped and reported.
+
+    Skipped: parameters and optimizer state keep their values (mirrors the torch trainer). The
+    gradient is also zeroed so that no NaN flows through the optimizer's arithmetic.
+    """
     finite = jnp.isfinite(optax.tree.norm(grads))
     grads = jax.tree.map(
         lambda g: jnp.where(finite, jnp.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0), 0), grads
     )
-    updates, opt = tx.update(grads, opt, params)
-    return optax.apply_updates(params, updates), opt, ~finite
+    updates, new_opt = tx.update(grads, opt, params)
+    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+    new_params = jax.tree.map(keep, optax.apply_updates(params, updates), params)
+    return new_params, jax.tree.map(keep, new_opt, opt), ~finite
 
 
 def _count(counters: tuple, bad: jax.Array) -> tuple:

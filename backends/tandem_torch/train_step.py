@@ -1,8 +1,9 @@
 """The torch ``TwinTrainer``: device-side steps of the proxy u and the reference w (SPEC 1.3).
 
 Every step returns device tensors; nothing here reads a value on the host (no ``.item()``), so the
-driver's loop runs without synchronisation. Non-finite losses never reach the parameters: their
-gradients are zeroed on device and the step is counted (``counters()``).
+driver's loop runs without synchronisation. Non-finite losses never reach the parameters: a step
+with a non-finite gradient is skipped on device (parameters and optimizer state unchanged) and
+counted (``counters()``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,29 @@ __all__ = ["TwinTrainer"]
 
 def _segment_sum(data: torch.Tensor, ids: torch.Tensor, num_segments: int) -> torch.Tensor:
     return data.new_zeros((num_segments, *data.shape[1:])).index_add(0, ids.long(), data)
+
+
+def _state_tensors(
+    opt: torch.optim.Optimizer, params: list[torch.Tensor], created_after: list | None = None
+) -> list[torch.Tensor]:
+    """The parameters and the optimizer's state tensors of ``params`` (moments, step counts).
+
+    With ``created_after`` (an earlier result): only the state tensors not in it, i.e. those the
+    optimizer created lazily in its first step.
+    """
+    device = params[0].device if params else None
+    # a host-side step counter of a GPU optimizer (torch.optim's default) is left alone: restoring
+    # it would need the device's finiteness flag on the host, a sync
+    state = [
+        t
+        for p in params
+        for t in opt.state.get(p, {}).values()
+        if torch.is_tensor(t) and t.device == device
+    ]
+    if created_after is None:
+        return [*params, *state]
+    known = {id(t) for t in created_after}
+    return [t for t in state if id(t) not in known]
 
 
 class TwinTrainer(AdaptSteps):
@@ -149,10 +173,12 @@ class TwinTrainer(AdaptSteps):
             (loss * self.world).backward()  # DDP averages over ranks; the parts are a sum
 
     def _step(self, pairs: list[tuple[torch.optim.Optimizer, nn.Module]]) -> None:
-        """Optimizer steps; a non-finite gradient is zeroed on device and counted.
+        """Optimizer steps; a step with a non-finite gradient is skipped on device and counted.
 
-        The check is on the gradient, identical on every rank after the all-reduce, so every rank
-        skips the same steps. No host sync, never a NaN parameter.
+        Skipped means the parameters and the optimizer state (moments, step count) keep their
+        values, as if the step never ran: a zeroed gradient alone would still let momentum and
+        weight decay move the parameters. The check is on the gradient, identical on every rank
+        after the all-reduce, so every rank skips the same steps. No host sync.
         """
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         for opt, module in pairs:
@@ -166,7 +192,14 @@ class TwinTrainer(AdaptSteps):
             if self.cfg.grad_clip is not None:
                 safe = torch.where(finite, norm, torch.zeros_like(norm))
                 nn.utils.clip_grads_with_norm_(params, self.cfg.grad_clip, safe, foreach=True)
+            kept = _state_tensors(opt, params)
+            saved = [t.detach().clone() for t in kept]
             opt.step()
+            with torch.no_grad():
+                for t, old in zip(kept, saved):
+                    t.copy_(torch.where(finite, t, old))
+                for t in _state_tensors(opt, params, created_after=kept):
+                    t.mul_(finite)  # state made by this first step: back to its zero start
             opt.zero_grad(set_to_none=False)
         self._count(bad)
 
