@@ -91,6 +91,7 @@ class TrainConfig:
     dtype: str = "float32"
     compile: bool = False
     fuse_twins: bool = False
+    fsdp: bool = False  # torch, several processes: shard the twins (FSDP2) instead of DDP
     nonfinite: str = "skip"
     debug: bool = False  # check the mixture invariants after every update (reads alpha: a sync)
     # per-sample loss weighting (ADAPT, SPEC 2): with static mixtures only (STATIC_METHODS)

@@ -50,9 +50,11 @@ def _torch_run(cfg, poison_calls=()):
     return tc.MixtureRun(trainer, sampler, cfg), trainer
 
 
-def _rank_main(rank, world, port, out, cfg_kw, poison_calls=()):
+def _rank_main(rank, world, port, out, cfg_kw, poison_calls=(), resume_dir=None):
     import torch
     import torch.distributed as dist
+
+    from tandem_torch.distributed import full
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -78,8 +80,19 @@ def _rank_main(rank, world, port, out, cfg_kw, poison_calls=()):
                 gathered = [None] * world
                 dist.all_gather_object(gathered, digest)
                 hashes.append(len(set(gathered)) == 1)
+        if resume_dir:  # a checkpoint mid-run, through the file format, resumed by a fresh run
+            path = os.path.join(resume_dir, f"ckpt{rank}.npz")
+            fresh, _ = _torch_run(_cfg(**cfg_kw), poison_calls)
+            while fresh.proxy_step < 7:
+                fresh.step()
+            tc.save_state(path, fresh.state_dict())
+            resumed, _ = _torch_run(_cfg(**cfg_kw), poison_calls)
+            resumed.load_state_dict(tc.load_state(path))
+            resumed_trajectory = resumed.run(progress=False).trajectory
         result = run.run(progress=False)
-        params = torch.cat([p.detach().reshape(-1) for p in trainer.proxy.parameters()])
+        trainer._reshard()
+        params = [full(p.detach()).reshape(-1) for p in trainer.proxy.parameters()]
+        params = torch.cat(params)
         gathered = [None] * world
         dist.all_gather_object(gathered, hashlib.sha256(params.numpy().tobytes()).hexdigest())
         if rank == 0:
@@ -92,16 +105,17 @@ def _rank_main(rank, world, port, out, cfg_kw, poison_calls=()):
                 finite=np.isfinite(params.numpy()).all() and np.isfinite(result.trajectory).all(),
                 nonfinite=np.array(result.metrics[-1]["nonfinite"]),
                 trajectory=result.trajectory,
+                **({"resumed": resumed_trajectory} if resume_dir else {}),
             )
         dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
-def _spawn(tmp_path, poison_calls=(), **cfg_kw):
+def _spawn(tmp_path, poison_calls=(), resume=False, **cfg_kw):
     torch_mp = pytest.importorskip("torch.multiprocessing")
     out = tmp_path / "rank0.npz"
-    args = (2, _free_port(), str(out), cfg_kw, poison_calls)
+    args = (2, _free_port(), str(out), cfg_kw, poison_calls, str(tmp_path) if resume else None)
     torch_mp.spawn(_rank_main, args=args, nprocs=2, join=True)
     return np.load(out)
 
@@ -128,9 +142,24 @@ def test_a_nan_on_one_rank_is_skipped_by_every_rank(tmp_path):
     assert got["identical"].all() and got["same_params"]  # both ranks skipped the same steps
 
 
+def test_fsdp_two_ranks_equal_one_process_and_resume_bitwise(tmp_path):
+    pytest.importorskip("torch")
+    got = _spawn(tmp_path, resume=True, fsdp=True)  # twins sharded: parameters and moments
+    assert got["identical"].all() and got["same_params"]
+    single = _torch_run(_cfg())[0].run(progress=False)
+    np.testing.assert_allclose(got["trajectory"], single.trajectory, rtol=1e-9)
+    np.testing.assert_array_equal(got["resumed"], got["trajectory"])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "kw", [{"method": "doremi", "reference_steps": 4}, {"accumulate": 2, "val_batch_size": 8}]
+    "kw",
+    [
+        {"method": "doremi", "reference_steps": 4},
+        {"accumulate": 2, "val_batch_size": 8},
+        {"fsdp": True, "accumulate": 2, "val_batch_size": 8},
+        {"fsdp": True, "grad_clip": 0.5},
+    ],
 )
 def test_two_ranks_other_methods(tmp_path, kw):
     pytest.importorskip("torch")

@@ -136,6 +136,8 @@ class TwinTrainer(AdaptSteps):
             raise ConfigError(
                 "method='doge' needs sampling='reweight' (per-domain sub-batches) and accumulate=1"
             )
+        if config.fsdp:
+            raise ConfigError("train.fsdp is for the torch backend; JAX shards with run.devices")
         if config.dtype == "float64" and not jax.config.jax_enable_x64:
             raise ConfigError("dtype='float64' needs jax_enable_x64 (JAX_ENABLE_X64=1)")
         self.cfg, self.m, self.v = config, num_domains, num_val_domains or num_domains

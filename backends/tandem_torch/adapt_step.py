@@ -35,7 +35,7 @@ class AdaptSteps:
     def _hidden_losses(self, tokens: torch.Tensor, labels: torch.Tensor) -> tuple:
         """The proxy's training forward: ``(loss (B,), scored (B,), hidden (B, T, H) | None)``."""
         module = self._calls["proxy"]
-        logits, hidden = logits_and_hidden(module, dict(module.named_parameters()), tokens)
+        logits, hidden = logits_and_hidden(module, None, tokens)
         loss, n = per_sample_loss(logits, labels)
         return loss, n, hidden
 
@@ -97,8 +97,7 @@ class AdaptSteps:
         with _eval(self.proxy):
             for batch in batches:
                 b = self._device_batch(batch)
-                params = dict(self.proxy.named_parameters())
-                _, hidden = logits_and_hidden(self.proxy, params, b["tokens"])
+                _, hidden = logits_and_hidden(self.proxy, None, b["tokens"])
                 hidden = _need_hidden(hidden, self.proxy).to(self.dtype)
                 mask = tc.adapt_mask(b["labels"])
                 part = tc.anchor_sum(tc.pool_hidden(hidden, mask), mask.any(-1))

@@ -14,9 +14,18 @@ import os
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["all_reduce_sum", "init_from_env", "world_and_rank", "wrap"]
+__all__ = [
+    "all_reduce_sum",
+    "full",
+    "init_from_env",
+    "local",
+    "shard_like",
+    "world_and_rank",
+    "wrap",
+]
 
 
 def world_and_rank() -> tuple[int, int]:
@@ -39,11 +48,47 @@ def init_from_env(device: torch.device) -> bool:
     return True
 
 
-def wrap(module: nn.Module, device: torch.device) -> nn.Module:
-    """DDP around one twin (its forward must go through the wrapper for the gradient hooks)."""
+def wrap(module: nn.Module, device: torch.device, *, fsdp: bool = False) -> nn.Module:
+    """DDP around one twin, or (``fsdp``) FSDP2 ``fully_shard`` of it in place.
+
+    DDP: the forward must go through the returned wrapper for the gradient hooks. FSDP: each
+    transformer block (a child ``nn.ModuleList``'s entries) and then the whole model are sharded
+    over the ranks, parameters, gradients and optimizer state alike; the module itself is
+    returned (its parameters are now ``DTensor`` shards: build optimizers after this call).
+    """
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for child in module.modules():
+            if isinstance(child, nn.ModuleList):
+                for block in child:
+                    fully_shard(block)
+        fully_shard(module)
+        return module
     ids = [device.index] if device.type == "cuda" and device.index is not None else None
     # buffers are identical on every rank (same model, same init): no per-forward buffer sync
     return DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False)
+
+
+def local(x: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a ``DTensor`` (in-place ops on it change the DTensor); else ``x``."""
+    return x.to_local() if isinstance(x, DTensor) else x
+
+
+def full(x: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a ``DTensor`` (a collective, on device); else ``x``."""
+    return x.full_tensor() if isinstance(x, DTensor) else x
+
+
+def shard_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``value`` (a whole tensor, equal on every rank) laid out as ``like`` (DTensor or not)."""
+    if isinstance(like, DTensor):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(
+            value.to(like.device, like.dtype), like.device_mesh, like.placements
+        )
+    return value
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:

@@ -140,7 +140,7 @@ def numpy_params(module: nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in module.named_parameters()}
 
 
-def logits_and_hidden(module: nn.Module, params: dict, tokens: torch.Tensor) -> tuple:
+def logits_and_hidden(module: nn.Module, params: dict | None, tokens: torch.Tensor) -> tuple:
     """Functional forward of any causal LM module: ``(logits (B, T, V), hidden (B, T, D) | None)``.
 
     Accepted outputs: a ``logits`` tensor (hidden ``None``); a tuple ``(logits, hidden)`` or
@@ -150,7 +150,9 @@ def logits_and_hidden(module: nn.Module, params: dict, tokens: torch.Tensor) -> 
 
     Args:
         module: the model; its parameters are replaced by ``params`` for this call.
-        params: ``{name: tensor}`` as ``dict(module.named_parameters())`` (stacked under vmap).
+        params: ``{name: tensor}`` as ``dict(module.named_parameters())`` (stacked under vmap),
+            or ``None``: the module's own parameters, through its own ``__call__`` (wrappers'
+            hooks run: FSDP gathers its shards there).
         tokens: int tensor ``(B, T)``.
 
     Returns:
@@ -160,9 +162,13 @@ def logits_and_hidden(module: nn.Module, params: dict, tokens: torch.Tensor) -> 
     Raises:
         TypeError: the module returned something without logits.
     """
+    kwargs = {"return_hidden": True} if isinstance(module, TinyGPT) else _forward_kwargs(module)
+    if params is None:
+        out = module(tokens, **kwargs)
+    else:
+        out = torch.func.functional_call(module, params, (tokens,), kwargs)
     if isinstance(module, TinyGPT):
-        return torch.func.functional_call(module, params, (tokens,), {"return_hidden": True})
-    out = torch.func.functional_call(module, params, (tokens,), _forward_kwargs(module))
+        return out
     return _split_output(out)
 
 

@@ -10,6 +10,8 @@ import torch
 
 from tandem_core.config import TrainConfig
 
+from .distributed import full, shard_like
+
 __all__ = ["copy_optimizer_state", "make_optimizer", "optimizer_from_tree", "optimizer_to_tree"]
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -50,16 +52,19 @@ def optimizer_to_tree(opt: torch.optim.Optimizer) -> dict:
     """``state_dict`` with string keys and lists, storable by ``tandem_core.save_state``."""
     sd = opt.state_dict()
     return {
-        "state": {str(k): dict(v) for k, v in sd["state"].items()},
+        "state": {str(k): {n: full(t) for n, t in v.items()} for k, v in sd["state"].items()},
         "param_groups": [_plain(g) for g in sd["param_groups"]],
     }
 
 
 def optimizer_from_tree(opt: torch.optim.Optimizer, tree: dict, device: torch.device) -> None:
     """Inverse of ``optimizer_to_tree`` (arrays may be numpy)."""
+    params = [p for g in opt.param_groups for p in g["params"]]
     state = {
         int(k): {
-            n: torch.as_tensor(v).to(device) if n != "step" else torch.as_tensor(v)
+            n: shard_like(torch.as_tensor(v).to(device), params[int(k)])
+            if n != "step"
+            else torch.as_tensor(v)
             for n, v in s.items()
         }
         for k, s in tree["state"].items()

@@ -24,7 +24,7 @@ from tandem_core import tree_map
 from tandem_core.config import ConfigError, TrainConfig
 
 from .adapt_step import AdaptSteps
-from .distributed import all_reduce_sum, world_and_rank, wrap
+from .distributed import all_reduce_sum, full, local, shard_like, world_and_rank, wrap
 from .grads import doge_gradients
 from .models import logits_and_hidden, per_sample_loss, token_losses
 from .optim import copy_optimizer_state, make_optimizer, optimizer_from_tree, optimizer_to_tree
@@ -48,13 +48,13 @@ def _state_tensors(
     # a host-side step counter of a GPU optimizer (torch.optim's default) is left alone: restoring
     # it would need the device's finiteness flag on the host, a sync
     state = [
-        t
+        local(t)
         for p in params
         for t in opt.state.get(p, {}).values()
         if torch.is_tensor(t) and t.device == device
     ]
     if created_after is None:
-        return [*params, *state]
+        return [*map(local, params), *state]
     known = {id(t) for t in created_after}
     return [t for t in state if id(t) not in known]
 
@@ -95,19 +95,25 @@ class TwinTrainer(AdaptSteps):
         self.proxy = model.to(self.device, self.dtype)
         self.vocab_size = _vocab_size(model)
         self.reference = copy.deepcopy(self.proxy)
-        make = optimizer or partial(make_optimizer, cfg=config)
-        self.opt_u = make(self.proxy.parameters(), lr=config.lr)
-        self.opt_w = make(self.reference.parameters(), lr=config.lr_reference or config.lr)
         self.xp = xp_torch
         zero = partial(torch.zeros, (), dtype=torch.int64, device=self.device)
         self._step_count, self._nonfinite = zero(), zero()
         self._first_nonfinite = zero() - 1
         self.world, self.rank = world_and_rank()
         self._calls = {"proxy": self.proxy, "reference": self.reference}
+        self.sharded = config.fsdp and self.world > 1
         if self.world > 1:
             if config.fuse_twins:
                 raise ConfigError("fuse_twins is not available under torch.distributed (DDP)")
-            self._calls = {k: wrap(m, self.device) for k, m in self._calls.items()}
+            if self.sharded and config.compile:
+                raise ConfigError("train.compile is not supported with train.fsdp")
+            self._calls = {
+                k: wrap(m, self.device, fsdp=self.sharded) for k, m in self._calls.items()
+            }
+        # after wrapping: FSDP replaces the parameters by their shards
+        make = optimizer or partial(make_optimizer, cfg=config)
+        self.opt_u = make(self.proxy.parameters(), lr=config.lr)
+        self.opt_w = make(self.reference.parameters(), lr=config.lr_reference or config.lr)
         self._losses = self._sample_losses
         self._twin_losses = self._fused_twin_losses if config.fuse_twins else self._pair_losses
         self._hidden_step = self._hidden_losses  # ADAPT: losses and hidden states, one forward
@@ -131,7 +137,7 @@ class TwinTrainer(AdaptSteps):
 
     def _sample_losses(self, which: str, tokens: torch.Tensor, labels: torch.Tensor) -> tuple:
         module = self._calls[which]
-        logits, _ = logits_and_hidden(module, dict(module.named_parameters()), tokens)
+        logits, _ = logits_and_hidden(module, None, tokens)
         return per_sample_loss(logits, labels)
 
     def _pair_losses(self, tokens: torch.Tensor, labels: torch.Tensor) -> tuple:
@@ -166,10 +172,11 @@ class TwinTrainer(AdaptSteps):
     def _backward(self, loss: torch.Tensor, last: bool) -> None:
         """Accumulate gradients of one part; DDP all-reduces only after the last micro-batch."""
         with contextlib.ExitStack() as stack:
-            if not last:
-                for module in self._calls.values():
-                    if hasattr(module, "no_sync"):
-                        stack.enter_context(module.no_sync())
+            for module in self._calls.values():
+                if hasattr(module, "set_requires_gradient_sync"):  # FSDP2
+                    module.set_requires_gradient_sync(last)
+                elif not last and hasattr(module, "no_sync"):  # DDP
+                    stack.enter_context(module.no_sync())
             (loss * self.world).backward()  # DDP averages over ranks; the parts are a sum
 
     def _step(self, pairs: list[tuple[torch.optim.Optimizer, nn.Module]]) -> None:
@@ -183,15 +190,15 @@ class TwinTrainer(AdaptSteps):
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         for opt, module in pairs:
             params = [p for p in module.parameters() if p.grad is not None]
-            grads = [p.grad for p in params]
-            norm = nn.utils.get_total_norm(grads)
+            norm = full(nn.utils.get_total_norm([p.grad for p in params]))
             finite = torch.isfinite(norm)
             bad = bad | ~finite
+            grads = [local(p.grad) for p in params]  # FSDP: this rank's shards
             for g in grads:
                 g.nan_to_num_(0.0, 0.0, 0.0).mul_(finite)
-            if self.cfg.grad_clip is not None:
+            if self.cfg.grad_clip is not None:  # as nn.utils.clip_grads_with_norm_, on shards
                 safe = torch.where(finite, norm, torch.zeros_like(norm))
-                nn.utils.clip_grads_with_norm_(params, self.cfg.grad_clip, safe, foreach=True)
+                torch._foreach_mul_(grads, (self.cfg.grad_clip / (safe + 1e-6)).clamp(max=1.0))
             kept = _state_tensors(opt, params)
             saved = [t.detach().clone() for t in kept]
             opt.step()
@@ -216,8 +223,15 @@ class TwinTrainer(AdaptSteps):
         """``transform.init`` on this device, in float32 (float64 with ``dtype="float64"``)."""
         return transform.init(num_domains, xp=self.xp, dtype=self.dtype, device=self.device)
 
+    def _reshard(self) -> None:
+        """FSDP: back to the sharded parameters (a root module stays gathered after a forward)."""
+        if self.sharded:
+            for module in (self.proxy, self.reference):
+                module.reshard()
+
     def sync(self) -> None:
         """``w <- u``: parameters copied in place and a deep copy of the optimizer state."""
+        self._reshard()
         with torch.no_grad():
             for pw, pu in zip(self.reference.parameters(), self.proxy.parameters()):
                 pw.copy_(pu)
@@ -285,14 +299,17 @@ class TwinTrainer(AdaptSteps):
     @torch.no_grad()
     def twin_distance(self) -> torch.Tensor:
         """``||u - w||`` over all parameters (device scalar)."""
-        diffs = torch._foreach_sub(list(self.proxy.parameters()), list(self.reference.parameters()))
+        self._reshard()
+        pu, pw = list(self.proxy.parameters()), list(self.reference.parameters())
+        if self.sharded:  # squares of this rank's shards, summed over ranks
+            sq = torch.stack([(local(a) - local(b)).pow(2).sum() for a, b in zip(pu, pw)]).sum()
+            return all_reduce_sum(sq).sqrt()
+        diffs = torch._foreach_sub(pu, pw)
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(diffs)))
 
     def _token_losses(self, which: str, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         module = self._calls[which]
-        return token_losses(
-            logits_and_hidden(module, dict(module.named_parameters()), tokens)[0], labels
-        )
+        return token_losses(logits_and_hidden(module, None, tokens)[0], labels)
 
     def doremi_step(self, train: dict, state: tc.MixtureState, update: Callable | None) -> tuple:
         """DoReMi Alg. 1: clipped excess loss vs the frozen reference w, mixture update, u step.
@@ -354,9 +371,7 @@ class TwinTrainer(AdaptSteps):
         with _eval(self.proxy):
             for batch in batches:
                 b = self._device_batch(batch)
-                logits, _ = logits_and_hidden(
-                    self.proxy, dict(self.proxy.named_parameters()), b["tokens"]
-                )
+                logits, _ = logits_and_hidden(self.proxy, None, b["tokens"])
                 loss, n = per_sample_loss(logits, b["labels"])
                 keep = (n > 0).to(loss.dtype)
                 out.append((loss * keep).sum() / keep.sum().clamp_min(1))
@@ -369,9 +384,10 @@ class TwinTrainer(AdaptSteps):
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         """Both models, both optimizer states, the counters and torch's RNG state."""
+        self._reshard()
         return {
-            "proxy": {k: v.detach() for k, v in self.proxy.state_dict().items()},
-            "reference": {k: v.detach() for k, v in self.reference.state_dict().items()},
+            "proxy": {k: full(v.detach()) for k, v in self.proxy.state_dict().items()},
+            "reference": {k: full(v.detach()) for k, v in self.reference.state_dict().items()},
             "opt_u": optimizer_to_tree(self.opt_u),
             "opt_w": optimizer_to_tree(self.opt_w),
             "counters": {
@@ -384,9 +400,14 @@ class TwinTrainer(AdaptSteps):
 
     def load_state_dict(self, state: dict) -> None:
         """Restore ``state_dict`` (arrays may be numpy)."""
+        self._reshard()
         for module, key in ((self.proxy, "proxy"), (self.reference, "reference")):
+            current = module.state_dict()
             module.load_state_dict(
-                {k: torch.as_tensor(np.asarray(v)) for k, v in state[key].items()}
+                {
+                    k: shard_like(torch.as_tensor(np.asarray(v)), current[k])
+                    for k, v in state[key].items()
+                }
             )
         optimizer_from_tree(self.opt_u, state["opt_u"], self.device)
         optimizer_from_tree(self.opt_w, state["opt_w"], self.device)
@@ -415,7 +436,7 @@ class TwinTrainer(AdaptSteps):
         """
         tokens = self._device_batch({"tokens": batch["tokens"]})["tokens"]
         with _eval(self.proxy):
-            logits, _ = logits_and_hidden(self.proxy, dict(self.proxy.named_parameters()), tokens)
+            logits, _ = logits_and_hidden(self.proxy, None, tokens)
         return logits
 
 
