@@ -29,7 +29,7 @@ STATIC_METHODS = ("uniform", "natural", "temperature")  # fixed mixtures: ADAPT 
 WEIGHTINGS = ("none", "adapt", "bm25")
 OPTIMIZERS = ("adamw", "sgd")
 SAMPLING = ("reweight", "sample")
-NONFINITE = ("skip", "raise")
+NONFINITE = ("skip", "zero", "raise")
 DTYPES = ("float32", "float64")
 
 
@@ -92,7 +92,10 @@ class TrainConfig:
     compile: bool = False
     fuse_twins: bool = False
     fsdp: bool = False  # torch, several processes: shard the twins (FSDP2) instead of DDP
-    nonfinite: str = "skip"
+    # a non-finite gradient: skip the step exactly (parameters and optimizer state kept; torch
+    # keeps a backup of them), zero the gradient only (no backup; momentum and decay still
+    # apply), or skip and stop at the next logging step
+    nonfinite: str = "skip"  # skip | zero | raise
     debug: bool = False  # check the mixture invariants after every update (reads alpha: a sync)
     # per-sample loss weighting (ADAPT, SPEC 2): with static mixtures only (STATIC_METHODS)
     weighting: str = "none"  # none | adapt (model embeddings) | bm25 (static lexical scores)

@@ -91,7 +91,7 @@ class AdaptSteps:
         (_, ((stats, per_domain), (w, s))), grads = _accumulate_rows(
             loss, params, train, self.cfg.accumulate
         )
-        params, opt, bad = _apply(self.tx_u, params, opt, grads)
+        params, opt, bad = _apply(self.tx_u, params, opt, grads, self.exact_skip)
         return params, opt, _count(counters, bad), stats, tc.AdaptStepInfo(w, s, per_domain)
 
     def weighted_free(self, train: dict, alpha: Any, transform: Any, state: Any) -> tuple:

@@ -86,17 +86,22 @@ def _scan_sum(fn: Any, batch: dict, parts: int) -> Any:
     return jax.lax.scan(body, first, jax.tree.map(lambda a: a[1:], micro))[0]
 
 
-def _apply(tx: optax.GradientTransformation, params: Any, opt: Any, grads: Any) -> tuple:
+def _apply(
+    tx: optax.GradientTransformation, params: Any, opt: Any, grads: Any, exact: bool = True
+) -> tuple:
     """Optimizer step; one with a non-finite gradient is skipped and reported.
 
     Skipped: parameters and optimizer state keep their values (mirrors the torch trainer). The
-    gradient is also zeroed so that no NaN flows through the optimizer's arithmetic.
+    gradient is also zeroed so that no NaN flows through the optimizer's arithmetic; with
+    ``exact=False`` (``nonfinite="zero"``) that is all, and momentum and decay still apply.
     """
     finite = jnp.isfinite(optax.tree.norm(grads))
     grads = jax.tree.map(
         lambda g: jnp.where(finite, jnp.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0), 0), grads
     )
     updates, new_opt = tx.update(grads, opt, params)
+    if not exact:
+        return optax.apply_updates(params, updates), new_opt, ~finite
     keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
     new_params = jax.tree.map(keep, optax.apply_updates(params, updates), params)
     return new_params, jax.tree.map(keep, new_opt, opt), ~finite
@@ -138,6 +143,7 @@ class TwinTrainer(AdaptSteps):
             )
         if config.fsdp:
             raise ConfigError("train.fsdp is for the torch backend; JAX shards with run.devices")
+        self.exact_skip = config.nonfinite != "zero"
         if config.dtype == "float64" and not jax.config.jax_enable_x64:
             raise ConfigError("dtype='float64' needs jax_enable_x64 (JAX_ENABLE_X64=1)")
         self.cfg, self.m, self.v = config, num_domains, num_val_domains or num_domains
@@ -209,8 +215,8 @@ class TwinTrainer(AdaptSteps):
             return tc.weighted_objective(su.sums, counts, alpha) + loss_w, su
 
         (_, su), (gu, gw) = _accumulate(total, (pu, pw), (train, val), self.cfg.accumulate)
-        pu, ou, bad_u = _apply(self.tx_u, pu, ou, gu)
-        pw, ow, bad_w = _apply(self.tx_w, pw, ow, gw)
+        pu, ou, bad_u = _apply(self.tx_u, pu, ou, gu, self.exact_skip)
+        pw, ow, bad_w = _apply(self.tx_w, pw, ow, gw, self.exact_skip)
         return pu, ou, pw, ow, _count(counters, bad_u | bad_w), su
 
     def _free_impl(self, params, opt, counters, train, alpha, *, reference: bool) -> tuple:
@@ -221,7 +227,9 @@ class TwinTrainer(AdaptSteps):
             return tc.weighted_objective(stats.sums, counts, alpha), stats
 
         (_, stats), grads = _accumulate(loss, params, train, self.cfg.accumulate)
-        params, opt, bad = _apply(self.tx_w if reference else self.tx_u, params, opt, grads)
+        params, opt, bad = _apply(
+            self.tx_w if reference else self.tx_u, params, opt, grads, self.exact_skip
+        )
         return params, opt, _count(counters, bad), stats
 
     def _twin_impl(self, pu, pw, batch, state, *, update: Callable) -> tuple:
@@ -264,7 +272,7 @@ class TwinTrainer(AdaptSteps):
             return tc.weighted_objective(stats.sums, counts, alpha), stats
 
         (_, stats), grads = _accumulate(loss, pu, batch, self.cfg.accumulate)
-        pu, ou, bad = _apply(self.tx_u, pu, ou, grads)
+        pu, ou, bad = _apply(self.tx_u, pu, ou, grads, self.exact_skip)
         return pu, ou, _count(counters, bad), state, stats
 
     def _doge_impl(self, pu, ou, counters, train, val, state, *, update: Callable | None) -> tuple:
@@ -279,7 +287,7 @@ class TwinTrainer(AdaptSteps):
         combined = jax.tree.map(
             lambda g: jnp.tensordot(state.alpha.astype(g.dtype), g, axes=1), grads
         )
-        pu, ou, bad = _apply(self.tx_u, pu, ou, combined)
+        pu, ou, bad = _apply(self.tx_u, pu, ou, combined, self.exact_skip)
         return pu, ou, _count(counters, bad), state, _stats(losses, n, train["domain"], self.m)
 
     # ------------------------------------------------------------------ engine API

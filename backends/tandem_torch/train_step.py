@@ -199,16 +199,24 @@ class TwinTrainer(AdaptSteps):
             if self.cfg.grad_clip is not None:  # as nn.utils.clip_grads_with_norm_, on shards
                 safe = torch.where(finite, norm, torch.zeros_like(norm))
                 torch._foreach_mul_(grads, (self.cfg.grad_clip / (safe + 1e-6)).clamp(max=1.0))
-            kept = _state_tensors(opt, params)
-            saved = [t.detach().clone() for t in kept]
-            opt.step()
-            with torch.no_grad():
-                for t, old in zip(kept, saved):
-                    t.copy_(torch.where(finite, t, old))
-                for t in _state_tensors(opt, params, created_after=kept):
-                    t.mul_(finite)  # state made by this first step: back to its zero start
+            if self.cfg.nonfinite == "zero":  # no backup: saves memory, momentum still moves
+                opt.step()
+            else:
+                self._skippable_step(opt, params, finite)
             opt.zero_grad(set_to_none=False)
         self._count(bad)
+
+    @staticmethod
+    def _skippable_step(opt: torch.optim.Optimizer, params: list, finite: torch.Tensor) -> None:
+        """``opt.step()``, undone on device when ``finite`` is false (a backup of the state)."""
+        kept = _state_tensors(opt, params)
+        saved = [t.detach().clone() for t in kept]
+        opt.step()
+        with torch.no_grad():
+            for t, old in zip(kept, saved):
+                t.copy_(torch.where(finite, t, old))
+            for t in _state_tensors(opt, params, created_after=kept):
+                t.mul_(finite)  # state made by this first step: back to its zero start
 
     def _count(self, bad: torch.Tensor) -> None:
         first = torch.where(
