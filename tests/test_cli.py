@@ -275,11 +275,12 @@ def test_disk_full_while_checkpointing_keeps_the_last_good_checkpoint(tmp_path, 
 
 @pytest.mark.dist
 @pytest.mark.slow
-def test_nproc_two_matches_one_process(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["train.fsdp=true", "run.checkpoint_every=10"]])
+def test_nproc_two_matches_one_process(tmp_path, extra):
     pytest.importorskip("torch")
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["optimize", *_args(one, backend="torch", steps=30)]) == 0
-    assert main(["optimize", *_args(two, backend="torch", steps=30), "--nproc", "2"]) == 0
+    assert main(["optimize", *_args(two, *extra, backend="torch", steps=30), "--nproc", "2"]) == 0
     np.testing.assert_allclose(
         np.array(_mixture(one)["trajectory"]), np.array(_mixture(two)["trajectory"]), atol=1e-5
     )
