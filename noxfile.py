@@ -50,7 +50,8 @@ def tests(session: nox.Session, backend: str) -> None:
 def slow(session: nox.Session) -> None:
     """torch.compile and long end-to-end tests."""
     install(session, ALL_EXTRAS)
-    session.run(*pytest_args(session, "slow"), env={"TANDEM_TEST_BACKENDS": "numpy,torch,jax"})
+    env = {"TANDEM_TEST_BACKENDS": "numpy,torch,jax", "OMP_NUM_THREADS": "1"}
+    session.run(*pytest_args(session, "slow"), env=env)
 
 
 @nox.session
