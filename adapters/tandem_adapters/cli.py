@@ -52,5 +52,26 @@ def main(argv: list[str] | None = None) -> int:
         return 143 if "signal 15" in str(err) else 130
 
 
+def _exit_worker(code: int) -> None:
+    """End a ``torchrun`` worker: leave the process group, flush, exit without interpreter teardown.
+
+    Everything is written (atomically) by now. PyTorch asks for ``destroy_process_group`` before
+    exit; even then, a gloo rank sometimes aborts in interpreter finalization ("terminate called
+    without an active exception", pytorch/pytorch#179291), and torchrun would report a finished
+    job as failed.
+    """
+    import os
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if "WORLD_SIZE" in __import__("os").environ:
+        _exit_worker(status)
+    sys.exit(status)
