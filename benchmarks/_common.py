@@ -110,6 +110,14 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def finish(report: Report, name: str, title: str, start: float, *, write: bool) -> None:
+    """Print the wall time; with ``write``, put the output in RESULTS.md's ``name`` block."""
+    elapsed = time.perf_counter() - start
+    report(f"\n{name}.py finished in {elapsed / 60:.1f} min")
+    if write:
+        write_section(name, header(title), report.text(), elapsed=elapsed)
+
+
 def write_section(name: str, head: list[str], body: str, *, elapsed: float) -> None:
     """Replace the ``name`` block of RESULTS.md (between its markers) with this run's output."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"

@@ -438,12 +438,9 @@ def main(argv: list[str] | None = None) -> Report:
         goals(report, suite, stats, entries[0]["domains"])
         if not args.no_plots:
             figures += plot(suite, entries, stats, _common.HERE)
-    elapsed = time.perf_counter() - start
     if figures:
         report("\nplots: " + ", ".join(f.rsplit("/", 1)[-1] for f in figures))
-    report(f"quality.py finished in {elapsed / 60:.1f} min")
-    if args.write:
-        _common.write_section("quality", _common.header("Quality"), report.text(), elapsed=elapsed)
+    _common.finish(report, "quality", "Quality", start, write=args.write)
     return report
 
 

@@ -140,15 +140,17 @@ def tandem_transform(run_config: Any) -> Any:
 
 # ----------------------------------------------------------------------------- sections
 def backend_table(report: Report, cfg: Any, engines: list[str], args: Any) -> tuple:
-    from tandem_adapters.bench import BACKEND_COLUMNS, compare_backends, format_table, peak_memory
+    from tandem_adapters.bench import BACKEND_COLUMNS, compare_backends, format_table
 
     report("## 1. Backend table (same task, same seed, interleaved rounds)")
     rows, runs = compare_backends(
-        cfg, engines, episodes=args.episodes, rounds=args.rounds, echo=report
+        cfg,
+        engines,
+        episodes=args.episodes,
+        rounds=args.rounds,
+        echo=report,
+        memory=not args.no_memory,
     )
-    if not args.no_memory:
-        for row in rows:
-            row.update(peak_memory(cfg, row["engine"]))
     report(format_table(rows, BACKEND_COLUMNS))
     worst = max(r["alpha_diff"] for r in rows)
     report(
@@ -538,10 +540,7 @@ def main(argv: list[str] | None = None) -> Report:
     scale_domains(report, [int(m) for m in args.domains.split(",")], 4096, ["numpy", *backends])
     scale_batch(report, cfg, [int(b) for b in args.batch_sizes.split(",")], backends)
     host_syncs(report, {k: v for k, v in runs.items() if k in ("torch", "jax")})
-    elapsed = time.perf_counter() - start
-    report(f"\nspeed.py finished in {elapsed / 60:.1f} min")
-    if args.write:
-        _common.write_section("speed", _common.header("Speed"), report.text(), elapsed=elapsed)
+    _common.finish(report, "speed", "Speed", start, write=args.write)
     return report
 
 

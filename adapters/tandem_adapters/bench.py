@@ -102,6 +102,7 @@ def compare_backends(
     episodes: int = 2,
     rounds: int = 3,
     echo: Any = None,
+    memory: bool = False,
 ) -> tuple[list[dict], dict[str, tc.MixtureRun]]:
     """Time ``engines`` on the task ``cfg`` in interleaved rounds.
 
@@ -111,10 +112,12 @@ def compare_backends(
         episodes: episodes per engine per round.
         rounds: interleaved rounds (the order rotates each round).
         echo: optional ``print``-like progress callback.
+        memory: also measure each engine's peak memory (``peak_memory``, a fresh process each).
 
     Returns:
         One row per engine (seconds per episode min / median, steps/s, tokens/s, compile
-        seconds, max |alpha - alpha of the first engine|), and the warm runs by engine name.
+        seconds, max |alpha - alpha of the first engine|, with ``memory`` the ``peak_memory``
+        fields), and the warm runs by engine name.
     """
     from .jobs import load_corpus
 
@@ -155,6 +158,8 @@ def compare_backends(
     fastest = max(r["steps_per_s"] for r in rows)
     for row in rows:
         row["ratio_to_fastest"] = row["steps_per_s"] / fastest
+        if memory:
+            row.update(peak_memory(cfg, row["engine"]))
     return rows, runs
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 import tandem_core as tc
@@ -60,8 +61,6 @@ def _exit_worker(code: int) -> None:
     without an active exception", pytorch/pytorch#179291), and torchrun would report a finished
     job as failed.
     """
-    import os
-
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -72,6 +71,6 @@ def _exit_worker(code: int) -> None:
 
 if __name__ == "__main__":
     status = main()
-    if "WORLD_SIZE" in __import__("os").environ:
+    if "WORLD_SIZE" in os.environ:
         _exit_worker(status)
     sys.exit(status)

@@ -308,12 +308,12 @@ class TwinTrainer(AdaptSteps):
     def twin_distance(self) -> torch.Tensor:
         """``||u - w||`` over all parameters (device scalar)."""
         self._reshard()
-        pu, pw = list(self.proxy.parameters()), list(self.reference.parameters())
-        if self.sharded:  # squares of this rank's shards, summed over ranks
-            sq = torch.stack([(local(a) - local(b)).pow(2).sum() for a, b in zip(pu, pw)]).sum()
-            return all_reduce_sum(sq).sqrt()
-        diffs = torch._foreach_sub(pu, pw)
-        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(diffs)))
+        pu = [local(p) for p in self.proxy.parameters()]  # FSDP: this rank's shards
+        diffs = torch._foreach_sub(pu, [local(p) for p in self.reference.parameters()])
+        norms = torch.stack(torch._foreach_norm(diffs))
+        if self.sharded:  # squares of the shards, summed over ranks
+            return all_reduce_sum(norms.pow(2).sum()).sqrt()
+        return torch.linalg.vector_norm(norms)
 
     def _token_losses(self, which: str, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         module = self._calls[which]

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from tandem_core.config import ConfigError
     from tandem_core.state import atomic_write
 
-    from ..bench import BACKEND_COLUMNS, compare_backends, format_table, machine_info, peak_memory
+    from ..bench import BACKEND_COLUMNS, compare_backends, format_table, machine_info
     from ..config import JobConfig
 
     engines = [e.strip() for e in (args.engines or DEFAULT_ENGINES).split(",") if e.strip()]
@@ -73,13 +73,14 @@ def run(args: argparse.Namespace) -> int:
         f"seq={cfg.data.seq_len} batch={t.batch_per_domain}/domain K={t.probe_steps} "
         f"E={t.free_steps} seed={cfg.data.seed}; {args.rounds} rounds x {args.episodes} episodes"
     )
-    rows, runs = compare_backends(
-        cfg, engines, episodes=args.episodes, rounds=args.rounds, echo=print
+    rows, _ = compare_backends(
+        cfg,
+        engines,
+        episodes=args.episodes,
+        rounds=args.rounds,
+        echo=print,
+        memory=not args.no_memory,
     )
-    del runs
-    if not args.no_memory:
-        for row in rows:
-            row.update(peak_memory(cfg, row["engine"]))
     for key, value in machine_info().items():
         print(f"  {key}: {value}")
     print(format_table(rows, BACKEND_COLUMNS))
