@@ -52,7 +52,8 @@ def job_config(spec: dict, backend: str, train: dict) -> Any:
     }
     return JobConfig.from_mapping(
         {
-            "run": {"backend": backend, "progress": False, "threads": 1},
+            "run": {"backend": backend, "progress": False},
+            "backend": {"threads": 1} if backend == "torch" else {},
             "data": {"suite": spec["suite"], "seed": spec["seed"], "seq_len": spec["seq_len"]},
             "model": {
                 "d_model": spec["d_model"],
@@ -298,11 +299,12 @@ def goals(report: Report, suite: str, stats: dict, domains: tuple) -> None:
 # ----------------------------------------------------------------------------- plots
 def update_steps(spec: dict, method: str, count: int) -> np.ndarray:
     """Proxy step of each mixture update, with 0 (the uniform start) first."""
-    from tandem_core.config import TrainConfig
+    from tandem_core.methods import get_method
 
     if not method.startswith("tandem"):
         return np.arange(count + 1)  # DoReMi / DoGE: one update per proxy step
-    sched = TrainConfig(**{k: v for k, v in spec["tandem"].items() if k in _SCHEDULE}).schedule
+    keys = {k: v for k, v in spec["tandem"].items() if k in _SCHEDULE}
+    sched = get_method("tandem").make_params(keys).schedule
     return np.array([0, *(sched.probe_steps + i * sched.proxy_steps for i in range(count))])
 
 

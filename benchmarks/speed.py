@@ -1,9 +1,10 @@
 """Speed of the backends and of the mixture machinery; every figure is measured in this run.
 
 Sections: (1) backend table, JAX jit vs torch eager vs torch.compile on one task; (2) machinery
-overhead, accounting + mixture update vs one probe step; (3) episode cost vs the analytic cost of
-SPEC 1.6; (4) twin fusion (vmap) vs sequential twins; (5) accounting + update vs the number of
-domains M and the batch size, and training throughput vs the batch size; (6) host syncs per step.
+overhead, accounting + mixture update vs one probe step; (3) episode cost vs the analytic cost
+(docs/methods.md, TANDEM cost); (4) twin fusion (vmap) vs sequential twins; (5) accounting +
+update vs the number of domains M and the batch size, and training throughput vs the batch size;
+(6) host syncs per step.
 
 Timings are ratios of measurements interleaved in this process (the machine may be shared);
 absolute times are printed for context only. Usage:
@@ -32,7 +33,13 @@ def sync_fn(run: Any) -> Any:
     """A function that waits for the device of ``run``'s engine."""
     from tandem_adapters.bench import block
 
-    return lambda: block(run)
+    backend = backend_of(run)
+    return lambda: block(run, backend)
+
+
+def backend_of(run: Any) -> str:
+    """The backend name of ``run``'s engine (the benchmark builds torch and JAX engines only)."""
+    return "jax" if type(run.engine).__module__.startswith("tandem_jax") else "torch"
 
 
 def batches(run: Any, n: int = 3) -> dict[str, list]:
@@ -52,7 +59,8 @@ def component_times(run: Any, data: dict, repeat: int) -> dict[str, float]:
     """Median seconds of one probe step, free step (train batch), reference step on the val batch
     alone, one forward of one model on the evaluation batch, and one whole episode of the run
     (``run`` must stand at an episode boundary), measured in interleaved rounds."""
-    eng, alpha = run.engine, run.state.alpha
+    eng, state, gamma = run.engine, run.state, run.plan.gamma
+    alpha = state.alpha
     i = collections.Counter()
 
     def cycle(kind: str) -> dict:
@@ -60,9 +68,9 @@ def component_times(run: Any, data: dict, repeat: int) -> dict[str, float]:
         return data[kind][i[kind] % len(data[kind])]
 
     calls = {
-        "probe": lambda: eng.probe(cycle("train"), cycle("val"), alpha),
-        "free": lambda: eng.free(cycle("train"), alpha),
-        "val_step": lambda: eng.free(cycle("val"), None, model="reference"),
+        "probe": lambda: eng.probe(cycle("train"), cycle("val"), alpha, gamma=gamma),
+        "free": lambda: eng.step(cycle("train"), state),
+        "val_step": lambda: eng.step(cycle("val"), state, model="reference"),
         "eval_forward": lambda: eng.evaluate([cycle("eval")]),
     }
     calls = {k: _blocking(fn, run) for k, fn in calls.items()}
@@ -92,14 +100,14 @@ def machinery_fn(backend: str, num_domains: int, batch: int, transform: Any) -> 
     elif backend == "torch":
         import torch
 
-        from tandem_torch.train_step import _segment_sum as seg
+        from tandem_torch import segment_sum as seg
 
         xp, losses_d, ids_d = torch, torch.as_tensor(losses), torch.as_tensor(ids)
     else:
         import jax
         import jax.numpy as xp
 
-        from tandem_jax.train_step import segment_sum as seg
+        from tandem_jax import segment_sum as seg
 
         losses_d, ids_d, wait = xp.asarray(losses), xp.asarray(ids), jax.block_until_ready
 
@@ -133,9 +141,8 @@ def _blocking(fn: Any, run: Any) -> Any:
 
 
 def tandem_transform(run_config: Any) -> Any:
-    from tandem_core.config import make_transform
-
-    return make_transform(run_config)
+    method = run_config.method_record
+    return method.transform(run_config.params)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -154,8 +161,9 @@ def backend_table(report: Report, cfg: Any, engines: list[str], args: Any) -> tu
     report(format_table(rows, BACKEND_COLUMNS))
     worst = max(r["alpha_diff"] for r in rows)
     report(
-        f"steps/s = proxy optimizer steps per second over whole episodes (K={cfg.train.probe_steps}"
-        f" probe + E={cfg.train.free_steps} free steps, sync and mixture update included); median "
+        f"steps/s = proxy optimizer steps per second over whole episodes (K="
+        f"{cfg.train.params.probe_steps} probe + E={cfg.train.params.free_steps} free steps, sync "
+        "and mixture update included); median "
         f"of {args.rounds} interleaved rounds of {args.episodes} episodes. warm-up s = build + "
         "first two episodes minus two steady ones (JAX: tracing + XLA compiles; torch.compile: "
         "dynamo + inductor; eager: first calls). peak RSS +MiB: fresh process, peak minus RSS "
@@ -168,19 +176,19 @@ def backend_table(report: Report, cfg: Any, engines: list[str], args: Any) -> tu
 def overhead_and_episode(report: Report, runs: dict, repeat: int) -> dict:
     from tandem_adapters.bench import format_table
 
-    report("\n## 2-3. Machinery overhead and episode cost vs the analytic cost (SPEC 1.6)")
+    report("\n## 2-3. Machinery overhead and episode cost vs the analytic cost (docs/methods.md)")
     rows, comps = [], {}
     for name in [n for n in ("torch", "jax") if n in runs]:
         run = runs[name]
         comps[name] = c = component_times(run, batches(run), repeat)
-        backend = "jax" if name.startswith("jax") else "torch"
+        backend = backend_of(run)
         m = len(run.domains)
         b = run.config.batch_per_domain * m
         mach = machinery_fn(backend, m, b, tandem_transform(run.config))
         for _ in range(3):
             mach()
         t_mach = med(timed(mach, repeat=7, number=20))
-        k, e = run.config.schedule.probe_steps, run.config.schedule.free
+        k, e = run.schedule.probe_steps, run.schedule.free
         predicted = (k + e) * c["free"] + k * (c["free"] + c["val_step"]) + 2 * c["eval_forward"]
         measured = c["episode"]
         rows.append(
@@ -217,7 +225,8 @@ def overhead_and_episode(report: Report, runs: dict, repeat: int) -> dict:
     report(
         "acct+update = per-domain sums and counts of both twins on one train batch, merge into "
         "the running statistics, and one TANDEM mixture update (torch eager; JAX jitted), median."
-        " predicted = (K+E) free + K (free + val step) + 2 eval forwards (SPEC 1.6), from the "
+        " predicted = (K+E) free + K (free + val step) + 2 eval forwards (docs/methods.md), from "
+        "the "
         "component medians; measured = median whole episode through MixtureRun (host sampling, "
         "driver, sync and update included), timed in the same interleaved rounds."
     )
@@ -240,9 +249,9 @@ def fusion_times(plain: Any, fused: Any, data: dict, repeat: int) -> dict[str, f
     """Median seconds of a single proxy step, a sequential probe step and a fused probe step."""
     train, val = data["train"][0], data["val"][0]
     fns = {
-        "single": (plain, lambda: plain.engine.free(train, plain.state.alpha)),
-        "sequential": (plain, lambda: plain.engine.probe(train, val, plain.state.alpha)),
-        "fused": (fused, lambda: fused.engine.probe(train, val, fused.state.alpha)),
+        "single": (plain, lambda: plain.engine.step(train, plain.state)),
+        "sequential": (plain, lambda: plain.engine.probe(train, val, plain.state.alpha, gamma=1.0)),
+        "fused": (fused, lambda: fused.engine.probe(train, val, fused.state.alpha, gamma=1.0)),
     }
     calls = {k: _blocking(fn, run) for k, (run, fn) in fns.items()}
     for call in calls.values():
@@ -358,10 +367,8 @@ def scale_batch(report: Report, cfg: Any, per_domain: list[int], backends: list[
         for backend in backends:
             run = build(sub, backend)
             data = batches(run, 2)
-            train, alpha = data["train"][0], run.state.alpha
-            step = _blocking(
-                lambda run=run, train=train, alpha=alpha: run.engine.free(train, alpha), run
-            )
+            train = data["train"][0]
+            step = _blocking(lambda run=run, train=train: run.engine.step(train, run.state), run)
             step(), step(), step()
             t = med(timed(step, repeat=5, number=3))
             row[f"{backend}_tok"] = tokens_per_step(sub, len(run.domains)) / t

@@ -14,9 +14,6 @@ Pure functions over the Array API (numpy, torch, jax, ...); never imports torch 
 """
 
 from ._utils import tree_map as tree_map
-from ._weighting import AdaptStepInfo as AdaptStepInfo
-from ._weighting import SampleWeighting as SampleWeighting
-from ._weighting import merge_step_info as merge_step_info
 from .accounting import MISSING_POLICIES as MISSING_POLICIES
 from .accounting import DomainStats as DomainStats
 from .accounting import TwinStats as TwinStats
@@ -35,9 +32,9 @@ from .accounting import weighted_objective as weighted_objective
 from .adapt import AdaptState as AdaptState
 from .adapt import AdaptTransform as AdaptTransform
 from .adapt import AnchorSum as AnchorSum
+from .adapt import WeightedStepInfo as WeightedStepInfo
 from .adapt import WeightSummary as WeightSummary
 from .adapt import adapt as adapt
-from .adapt import adapt_mask as adapt_mask
 from .adapt import adapt_scores as adapt_scores
 from .adapt import adapt_weights as adapt_weights
 from .adapt import anchor_centroid as anchor_centroid
@@ -45,8 +42,10 @@ from .adapt import anchor_sum as anchor_sum
 from .adapt import bm25_scores as bm25_scores
 from .adapt import bm25_term_weights as bm25_term_weights
 from .adapt import centroid_from_sum as centroid_from_sum
+from .adapt import input_mask as input_mask
 from .adapt import l2_normalize as l2_normalize
 from .adapt import merge_anchor_sums as merge_anchor_sums
+from .adapt import merge_step_info as merge_step_info
 from .adapt import pool_hidden as pool_hidden
 from .adapt import position_weights as position_weights
 from .adapt import standardize as standardize
@@ -56,19 +55,13 @@ from .backend import Backend as Backend
 from .backend import NumpyBackend as NumpyBackend
 from .backend import available_backends as available_backends
 from .backend import load_backend as load_backend
-from .config import ConfigError as ConfigError
-from .config import TrainConfig as TrainConfig
-from .config import make_adapt as make_adapt
-from .config import make_transform as make_transform
 from .data import IGNORE_INDEX as IGNORE_INDEX
 from .data import BatchSampler as BatchSampler
 from .data import check_batch as check_batch
 from .data import scored_counts as scored_counts
 from .data import split_rows as split_rows
-from .driver import MixtureRun as MixtureRun
-from .driver import NonFiniteError as NonFiniteError
-from .driver import RunResult as RunResult
-from .gpt import GPTConfig as GPTConfig
+from .errors import ConfigError as ConfigError
+from .errors import NonFiniteError as NonFiniteError
 from .mixture import MixtureState as MixtureState
 from .mixture import MixtureSummary as MixtureSummary
 from .mixture import MixtureTransform as MixtureTransform

@@ -1,6 +1,7 @@
-"""ADAPT embeddings (SPEC 2.3): position-weighted pooling, unit rows, anchor centroid, scores.
+"""ADAPT embeddings: position-weighted pooling, unit rows, anchor centroid, scores.
 
-Pure Array API functions, jit-safe. Public names are re-exported by ``tandem_core.adapt``.
+See docs/methods.md, "ADAPT: Score and gate". Pure Array API functions, jit-safe. Public names
+are re-exported by ``tandem_core.adapt``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from ._utils import Array, array_device, float_dtype, namespace
 __all__ = [
     "COUNTINGS",
     "AnchorSum",
-    "adapt_mask",
+    "input_mask",
     "adapt_scores",
     "anchor_centroid",
     "anchor_sum",
@@ -45,7 +46,7 @@ def _cumsum(x: Array, *, xp: Any) -> Array:
     return native(x, axis=-1, dtype=x.dtype)
 
 
-def adapt_mask(labels: Array, ignore_index: int = -100) -> Array:
+def input_mask(labels: Array, ignore_index: int = -100) -> Array:
     """Valid input tokens of right-padded rows: up to one past the last scored label.
 
     The batch contract has no attention mask: padding is ``labels == ignore_index`` at the end of
@@ -69,7 +70,9 @@ def adapt_mask(labels: Array, ignore_index: int = -100) -> Array:
 
 
 def position_weights(mask: Array, *, dtype: Any = None, counting: str = "valid") -> Array:
-    """Position weights ``omega_i = i / sum_j j`` over the valid tokens of each row (SPEC 2.3).
+    """Position weights ``omega_i = i / sum_j j`` over the valid tokens of each row.
+
+    See docs/methods.md, "ADAPT: Score and gate".
 
     ``counting="valid"`` numbers the valid tokens ``1..n`` (the paper's ``i``, whatever the padding
     side); ``"absolute"`` is DataFlex's ``arange(1..T) * mask``. Both agree for right padding.
@@ -101,7 +104,9 @@ def position_weights(mask: Array, *, dtype: Any = None, counting: str = "valid")
 
 
 def pool_hidden(hidden: Array, mask: Array | None = None, *, counting: str = "valid") -> Array:
-    """Position-weighted average pooling ``phi(x) = sum_i omega_i h_i`` (SPEC 2.3).
+    """Position-weighted average pooling ``phi(x) = sum_i omega_i h_i``.
+
+    See docs/methods.md, "ADAPT: Score and gate".
 
     Args:
         hidden: array ``(B, T, H)``, floating: last-layer hidden states (detached by the backend).
@@ -128,7 +133,9 @@ def pool_hidden(hidden: Array, mask: Array | None = None, *, counting: str = "va
 
 
 def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
-    """Unit rows ``x / max(||x||, eps)`` along the last axis (``phi_hat``, SPEC 2.3).
+    """Unit rows ``x / max(||x||, eps)`` along the last axis (``phi_hat``).
+
+    ``phi_hat`` of docs/methods.md, "ADAPT: Score and gate".
 
     The norm is taken on ``x / max|x|``, so float16 inputs cannot overflow; zero rows stay zero.
 
@@ -188,7 +195,9 @@ def centroid_from_sum(acc: AnchorSum) -> Array:
 
 
 def anchor_centroid(embeddings: Array, mask: Array | None = None) -> Array:
-    """Anchor centroid ``c = (1/|V|) sum_v phi_hat(v)`` (SPEC 2.3, the O(H) shortcut).
+    """Anchor centroid ``c = (1/|V|) sum_v phi_hat(v)`` (the O(H) shortcut).
+
+    See docs/methods.md, "ADAPT: Score and gate".
 
     ``mean_v cos(phi(x), phi(v)) = phi_hat(x) · c`` exactly, so ``c`` replaces the ``(V, H)``
     anchor matrix. For anchors processed in batches use ``anchor_sum`` / ``merge_anchor_sums`` /
@@ -205,7 +214,9 @@ def anchor_centroid(embeddings: Array, mask: Array | None = None) -> Array:
 
 
 def adapt_scores(phi: Array, centroid: Array) -> Array:
-    """ADAPT similarity ``s(x) = phi_hat(x) · c`` = mean cosine to the anchors (SPEC 2.3).
+    """ADAPT similarity ``s(x) = phi_hat(x) · c`` = mean cosine to the anchors.
+
+    See docs/methods.md, "ADAPT: Score and gate".
 
     Args:
         phi: array ``(B, H)`` of pooled embeddings (normalised here).

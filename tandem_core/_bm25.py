@@ -1,4 +1,7 @@
-"""ADAPT-BM25 scores (SPEC 2.3 variant): host-side numpy, sparse, precomputed once offline."""
+"""ADAPT-BM25 scores: host-side numpy, sparse, precomputed once offline.
+
+The ADAPT variant with static lexical scores (docs/methods.md, "ADAPT: ADAPT-BM25").
+"""
 
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ def bm25_scores(
     b: float = 0.75,
     query: str = "train",
 ) -> np.ndarray:
-    """ADAPT-BM25 score ``s(x) = (1/|V|) sum_v BM25(x, v)`` of every training document (SPEC 2.3).
+    """ADAPT-BM25 score ``s(x) = (1/|V|) sum_v BM25(x, v)`` of every training document.
 
     Okapi BM25 with the non-negative (Lucene) IDF ``log(1 + (N - n_t + 0.5) / (n_t + 0.5))``,
     ``BM25(q, d) = sum over the tokens t of q (repeats count) of
@@ -50,10 +53,11 @@ def bm25_scores(
 
     Roles (the paper's choice is not known):
 
-    - ``query="train"`` (default, SPEC 2.5's "BM25 index over V"): x is the query; the anchors are
-      the document collection, with their own IDF and average length. A training document's score
-      does not depend on the other training documents, so batches can be scored online. Longer
-      queries sum more terms: scores grow with the length of x.
+    - ``query="train"`` (default, an online index over V; docs/methods.md, "ADAPT: ADAPT-BM25"):
+      x is the query; the anchors are the document collection, with their own IDF and average
+      length. A training document's score does not depend on the other training documents, so
+      batches can be scored online. Longer queries sum more terms: scores grow with the length
+      of x.
     - ``query="anchor"``: each anchor v is a query against the training collection (IDF and length
       normalisation over the training documents), the usual offline-selection setup.
 

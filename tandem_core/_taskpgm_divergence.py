@@ -1,4 +1,6 @@
-"""Steps 2–3 of TaskPGM (SPEC 3.3): behavioural divergences, the affinity ``S``, the utility ``u``.
+"""Steps 2–3 of TaskPGM: behavioural divergences, the affinity ``S``, the utility ``u``.
+
+See docs/methods.md, "TaskPGM: Steps".
 
 Array API functions (any namespace, on device, jit-safe): the Jensen–Shannon divergence between two
 models' predictive distributions, its streaming pairwise accumulator over probe batches, the
@@ -42,7 +44,9 @@ def _check_top_k(top_k: Any) -> None:
 def jensen_shannon(
     logits_p: Array, logits_q: Array, *, axis: int = -1, top_k: int | None = None
 ) -> Array:
-    """Jensen–Shannon divergence of the softmaxes of two logit arrays (SPEC 3.3 step 2).
+    """Jensen–Shannon divergence of the softmaxes of two logit arrays.
+
+    Step 2 of docs/methods.md, "TaskPGM: Steps".
 
     ``JSD = 0.5 KL(P||M) + 0.5 KL(Q||M)``, ``M = (P + Q)/2``, in nats, in ``[0, ln 2]``: 0 for
     identical distributions (exactly), ``ln 2`` for disjoint supports. Computed from max-shifted
@@ -50,12 +54,12 @@ def jensen_shannon(
     probabilities (including ``-inf`` logits) contribute exactly 0, never NaN. bf16/fp16 logits
     are computed in float32.
 
-    Top-k truncation (SPEC 3.4, DERIVED definition): keep the union of P's and Q's top-k tokens
-    (every token whose logit is ``>=`` the k-th largest, so ties may keep more than k) and
-    renormalise both distributions over that union. The result is symmetric, is exact when
-    ``top_k >= V``, is 0 for identical inputs and ``ln 2`` when the two top-k sets carry disjoint
-    mass. It costs a sort over the vocabulary; it saves memory only where a backend stores
-    truncated distributions.
+    Top-k truncation (our definition; docs/methods.md, "TaskPGM: Defaults"): keep the union of
+    P's and Q's top-k tokens (every token whose logit is ``>=`` the k-th largest, so ties may
+    keep more than k) and renormalise both distributions over that union. The result is
+    symmetric, is exact when ``top_k >= V``, is 0 for identical inputs and ``ln 2`` when the two
+    top-k sets carry disjoint mass. It costs a sort over the vocabulary; it saves memory only
+    where a backend stores truncated distributions.
 
     Args:
         logits_p: array ``(..., V, ...)`` of real logits (unnormalised log-probabilities).
@@ -88,7 +92,10 @@ def jensen_shannon(
 
 
 class PairwiseJSD(NamedTuple):
-    """Streaming sums for the token-mean pairwise JSD matrix ``D`` (SPEC 3.3 step 2, 3.6)."""
+    """Streaming sums for the token-mean pairwise JSD matrix ``D``.
+
+    Step 2 of docs/methods.md, "TaskPGM: Steps"; memory in "TaskPGM: Cost".
+    """
 
     sum: Array  # (N, N) float: sum over probe tokens of the weighted JSD, symmetric, zero diagonal
     count: Array  # () float: sum of the token weights (the number of masked-in tokens)
@@ -119,14 +126,15 @@ def jsd_init(n: int, *, xp: Any = None, dtype: Any = None, device: Any = None) -
 def jsd_update(
     state: PairwiseJSD, logits: Array, mask: Array | None = None, *, top_k: int | None = None
 ) -> PairwiseJSD:
-    """Add one probe batch: the masked per-token JSD of every model pair (SPEC 3.3 step 2, 3.6).
+    """Add one probe batch: the masked per-token JSD of every model pair.
 
     Only the ``N(N-1)/2`` pairs ``i < j`` are evaluated, one at a time (extra memory: a few
     ``(..., V)`` arrays), and mirrored into the symmetric sum. Sums and counts are token-weighted,
-    so after several batches ``jsd_result`` is the token mean over their concatenation (SPEC:
-    ``D_ij = E_{(x,t) in X} JSD``). Masked-out positions contribute nothing, even NaN logits
-    there. Pure and jit-safe (``N`` and ``top_k`` are static). For a large vocabulary keep
-    ``N * B * T * V`` floats within memory by choosing the probe batch size (SPEC 3.6).
+    so after several batches ``jsd_result`` is the token mean over their concatenation
+    (``D_ij = E_{(x,t) in X} JSD``, step 2 of docs/methods.md, "TaskPGM: Steps"). Masked-out
+    positions contribute nothing, even NaN logits there. Pure and jit-safe (``N`` and ``top_k``
+    are static). For a large vocabulary keep ``N * B * T * V`` floats within memory by choosing
+    the probe batch size (docs/methods.md, "TaskPGM: Cost").
 
     Args:
         state: the accumulator for ``N`` models.
@@ -186,14 +194,14 @@ def _off_diagonal(M: Array, *, xp: Any) -> Array:
 
 
 def affinity(D: Array, kind: str = "linear", sigma: float | None = None) -> Array:
-    """Affinity (redundancy) ``S`` from divergences ``D`` (SPEC 3.3 step 2), ``S_ii = 1``.
+    """Affinity (redundancy) ``S`` from divergences ``D``, ``S_ii = 1``.
 
-    ``kind="linear"``: ``S = 1 - D / ln 2`` (in [0, 1] for D in [0, ln 2]). ``kind="exp"``:
-    ``S = exp(-D / sigma)``; with ``sigma=None`` sigma is the mean off-diagonal divergence (a
-    DERIVED scale heuristic, computed on device). The full-vocabulary JSD is conditionally
-    negative definite (its square root is a Hilbertian metric), and so is its token mean, so the
-    exp affinity is positive semi-definite for every sigma (Schoenberg): the default ridge is
-    then ``mu = lam`` (see ``default_mu``).
+    Step 2 of docs/methods.md, "TaskPGM: Steps". ``kind="linear"``: ``S = 1 - D / ln 2`` (in
+    [0, 1] for D in [0, ln 2]). ``kind="exp"``: ``S = exp(-D / sigma)``; with ``sigma=None``
+    sigma is the mean off-diagonal divergence (a DERIVED scale heuristic, computed on device).
+    The full-vocabulary JSD is conditionally negative definite (its square root is a Hilbertian
+    metric), and so is its token mean, so the exp affinity is positive semi-definite for every
+    sigma (Schoenberg): the default ridge is then ``mu = lam`` (see ``default_mu``).
 
     Args:
         D: array ``(N, N)`` of divergences in nats, any real floating dtype.
@@ -222,7 +230,9 @@ def affinity(D: Array, kind: str = "linear", sigma: float | None = None) -> Arra
 
 
 def pmi_affinity(cross_loss: Array, base_loss: Array) -> Array:
-    """PMI affinity (SPEC 3.3 step 2, PMI variant; DERIVED, the paper's form is UNKNOWN).
+    """PMI affinity: our definition; the paper's form is not known.
+
+    The PMI variant of step 2 of docs/methods.md, "TaskPGM: Steps".
 
     ``PMI_ij = L0_j - L_ij`` (= E_{T_j}[log P_i(y|x) - log P_0(y|x)] for token-mean NLLs),
     symmetrised ``(PMI + PMI^T)/2``, then squashed to [0, 1] by normalising with the self-gains:
@@ -260,7 +270,9 @@ def unary_utility(
     mix: float = 0.5,
     standardize: bool = True,
 ) -> Array:
-    """Unary utility ``u`` (SPEC 3.3 step 3; the paper's definition is UNKNOWN).
+    """Unary utility ``u``: our definitions; the paper's is not known.
+
+    Step 3 of docs/methods.md, "TaskPGM: Steps".
 
     - ``"gain"``: validation gain ``u_i = base_loss - val_loss_i`` (= -(L_val(M_i) - L_val(M_0))).
       For accuracies pass ``val_loss = -acc``. A scalar ``base_loss`` cancels in standardisation.
@@ -268,7 +280,7 @@ def unary_utility(
     - ``"mix"``: ``mix * z(gain) + (1 - mix) * z(coverage)``, each part standardised first so
       ``mix`` is a true weight.
 
-    The result is standardised (zero mean, unit population std; SPEC 3.3 step 3). If the spread
+    The result is standardised (zero mean, unit population std; step 3). If the spread
     is at roundoff level (all utilities equal) the result is all zeros instead of amplified noise.
 
     Args:
@@ -311,7 +323,7 @@ def unary_utility(
 
 
 def _standardize(u: Array, *, xp: Any) -> Array:
-    """Zero mean, unit std; zeros when the std is at roundoff level (SPEC 3.3 step 3)."""
+    """Zero mean, unit std; zeros when the std is at roundoff level (TaskPGM step 3)."""
     centred = u - xp.mean(u)
     std = xp.sqrt(xp.mean(centred * centred))
     floor = 8.0 * u.shape[0] * xp.finfo(u.dtype).eps * xp.max(xp.abs(u))

@@ -54,13 +54,13 @@ def top_k_mask(x: Array, k: int, *, axis: int, xp: Any) -> Array | None:
 def jsd_from_log_probs(
     log_p: Array, log_q: Array, p: Array, q: Array, *, axis: int, xp: Any
 ) -> Array:
-    """``0.5 KL(P||M) + 0.5 KL(Q||M)``, ``M = (P + Q) / 2`` (SPEC 3.3 step 2), clipped to [0, ln 2].
+    """``0.5 KL(P||M) + 0.5 KL(Q||M)``, ``M = (P + Q) / 2``, clipped to [0, ln 2].
 
-    ``log M = hi + (log1p(exp(lo - hi)) - ln 2)`` with ``hi, lo`` the larger and smaller of
-    ``log P, log Q``: a stable logaddexp whose bracket is exactly 0 when ``P = Q``
-    (``log1p(1)`` rounds to ``ln 2``), so identical distributions give exactly 0. Every
-    ``0 * log 0`` is replaced by 0 through ``where`` on both factors, so neither NaN nor a numpy
-    "invalid value" warning appears when probabilities are exactly 0.
+    Step 2 of docs/methods.md, "TaskPGM: Steps". ``log M = hi + (log1p(exp(lo - hi)) - ln 2)``
+    with ``hi, lo`` the larger and smaller of ``log P, log Q``: a stable logaddexp whose bracket
+    is exactly 0 when ``P = Q`` (``log1p(1)`` rounds to ``ln 2``), so identical distributions
+    give exactly 0. Every ``0 * log 0`` is replaced by 0 through ``where`` on both factors, so
+    neither NaN nor a numpy "invalid value" warning appears when probabilities are exactly 0.
     """
     hi, lo = xp.maximum(log_p, log_q), xp.minimum(log_p, log_q)
     hi_safe = xp.where(hi > -math.inf, hi, xp.zeros_like(hi))  # both -inf: no inf - inf
@@ -171,7 +171,9 @@ def gradient_gap(p: np.ndarray, u: np.ndarray, A: np.ndarray, support_tol: float
 
 
 def _face_optimum(A: np.ndarray, u: np.ndarray, free: np.ndarray) -> np.ndarray:
-    """SPEC 3.3 step 4 closed form on the face ``F = free``: ``q = A_FF^{-1}(u_F + nu 1)``.
+    """The closed form on the face ``F = free``: ``q = A_FF^{-1}(u_F + nu 1)``.
+
+    See docs/methods.md, "TaskPGM: Energy and solvers".
 
     ``nu = (1 - 1^T A_FF^{-1} u_F) / (1^T A_FF^{-1} 1)`` enforces ``1^T q = 1``. ``A_FF`` is a
     principal submatrix of a positive definite ``A``, hence positive definite, so
@@ -187,18 +189,19 @@ def _face_optimum(A: np.ndarray, u: np.ndarray, free: np.ndarray) -> np.ndarray:
 
 
 def active_set(A: np.ndarray, u: np.ndarray, *, tol: float, max_iter: int) -> np.ndarray:
-    """Exact minimiser of ``E`` on the simplex for positive definite ``A`` (SPEC 3.3 step 4).
+    """Exact minimiser of ``E`` on the simplex for positive definite ``A``.
 
-    Phase 1 is the SPEC rule: closed form, drop every negative coordinate, re-solve. Each round
-    removes at least one index and never empties the face (the face optimum sums to 1), so it
-    ends within N solves at a feasible point that is optimal on its face. Dropping *all*
-    negatives at once is not always right for a general ``A`` (about one random problem in six
-    leaves an off-support gradient below the support's), so phase 2 is the primal active-set
-    method (Nocedal & Wright, Alg. 16.3) from there: release the index whose KKT multiplier
-    ``g_i - c`` is most negative, move toward the new face optimum, and fix the first coordinate
-    that would cross 0 (ratio test). For strictly convex ``E`` each face optimum reached has a
-    strictly lower energy than the last, so no face repeats and the loop terminates; it stops
-    when ``g_i >= c - tol`` off the support, i.e. the KKT conditions hold.
+    Phase 1 is the rule of docs/methods.md, "TaskPGM: Energy and solvers": closed form, drop
+    every negative coordinate, re-solve. Each round removes at least one index and never empties
+    the face (the face optimum sums to 1), so it ends within N solves at a feasible point that is
+    optimal on its face. Dropping *all* negatives at once is not always right for a general ``A``
+    (about one random problem in six leaves an off-support gradient below the support's), so
+    phase 2 is the primal active-set method (Nocedal & Wright, Alg. 16.3) from there: release
+    the index whose KKT multiplier ``g_i - c`` is most negative, move toward the new face
+    optimum, and fix the first coordinate that would cross 0 (ratio test). For strictly convex
+    ``E`` each face optimum reached has a strictly lower energy than the last, so no face repeats
+    and the loop terminates; it stops when ``g_i >= c - tol`` off the support, i.e. the KKT
+    conditions hold.
     """
     n = u.shape[0]
     free = np.ones(n, dtype=bool)
@@ -233,7 +236,9 @@ def active_set(A: np.ndarray, u: np.ndarray, *, tol: float, max_iter: int) -> np
 
 
 def pgd(A: np.ndarray, u: np.ndarray, *, tol: float, max_iter: int, momentum: bool) -> np.ndarray:
-    """Projected gradient, step ``1/L`` with ``L = max |eig(A)|`` (SPEC 3.3 step 4 fallback).
+    """Projected gradient, step ``1/L`` with ``L = max |eig(A)|`` (a fallback solver).
+
+    See docs/methods.md, "TaskPGM: Energy and solvers".
 
     With ``momentum`` (convex case) it is FISTA with the gradient restart of O'Donoghue & Candès
     (2015): same step and projection, much faster when the ridge ``mu`` barely exceeds the
@@ -267,14 +272,15 @@ def regularised_energy(p: np.ndarray, u: np.ndarray, A: np.ndarray, tau_e: float
 def mean_field(
     A: np.ndarray, u: np.ndarray, *, tau_e: float, damping: float | None, tol: float, max_iter: int
 ) -> np.ndarray:
-    """Damped fixed point of ``p = softmax((u - A p) / tau_e)`` (SPEC 3.3 step 4, mean field).
+    """Damped fixed point of ``p = softmax((u - A p) / tau_e)`` (mean field).
 
     The damping is geometric, ``log p <- (1 - beta) log p + beta log softmax(...)`` (then
-    renormalised), not the SPEC's arithmetic ``(1 - beta) p + beta softmax(...)``: both keep ``p``
-    on the simplex and share the fixed point, but the arithmetic form is a conditional-gradient
-    step that zigzags between near-vertices when ``tau_e`` is small (measured: no convergence in
-    2e5 iterations for N = 8, tau_e = 0.01, even with exact line search), while the geometric form
-    is entropic mirror descent on ``F = E + tau_e sum p log p`` with step ``beta / tau_e``. ``F`` is
+    renormalised), not the arithmetic ``(1 - beta) p + beta softmax(...)`` first planned
+    (docs/methods.md, "TaskPGM: Energy and solvers"): both keep ``p`` on the simplex and share
+    the fixed point, but the arithmetic form is a conditional-gradient step that zigzags between
+    near-vertices when ``tau_e`` is small (measured: no convergence in 2e5 iterations for N = 8,
+    tau_e = 0.01, even with exact line search), while the geometric form is entropic mirror
+    descent on ``F = E + tau_e sum p log p`` with step ``beta / tau_e``. ``F`` is
     ``max|A_ij|``-smooth and ``tau_e``-strongly convex relative to the entropy, so
     ``beta = tau_e / (tau_e + max|A_ij|)`` (the default) converges linearly (Lu, Freund & Nesterov
     2018); a larger user ``beta`` is halved whenever ``F`` would increase. Stops when the
@@ -316,7 +322,10 @@ def _clean(p: np.ndarray) -> np.ndarray:
 
 
 def greedy(u: np.ndarray, S: np.ndarray, *, lam: float, k: int, stop_early: bool) -> list[int]:
-    """Greedy selection for ``taskpgm.greedy_subset`` (SPEC 3.3 step 5), ``O(k N)``."""
+    """Greedy selection for ``taskpgm.greedy_subset``, ``O(k N)``.
+
+    Step 5 of docs/methods.md, "TaskPGM: Steps".
+    """
     n = u.shape[0]
     chosen: list[int] = []
     gain = u.copy()  # marginal gain u_i - lam sum_{j in chosen} S_ij, updated incrementally

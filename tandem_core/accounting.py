@@ -53,7 +53,10 @@ class DomainStats(NamedTuple):
 
 
 class TwinStats(NamedTuple):
-    """The two twins' statistics on the SAME samples: proxy u and reference w (TANDEM, SPEC 1.3)."""
+    """The two twins' statistics on the SAME samples: proxy u and reference w (TANDEM).
+
+    See docs/methods.md, "TANDEM: Update" and "Twin loss accounting".
+    """
 
     proxy: DomainStats
     reference: DomainStats
@@ -105,7 +108,9 @@ def domain_stats(
     checked: bool | None = None,
     segment_sum: SegmentSum | None = None,
 ) -> DomainStats:
-    """Per-domain sums and counts of per-sample ``values`` (SPEC 6).
+    """Per-domain sums and counts of per-sample ``values``.
+
+    See docs/methods.md, "Twin loss accounting".
 
     Out-of-range ids never corrupt a domain: they are dropped and counted in ``invalid``. With
     ``checked`` (the default whenever the arrays are concrete), they raise instead; under
@@ -167,7 +172,7 @@ def excess_loss_stats(
     """DoReMi's per-domain statistic: the clipped per-token excess loss ``max(l_proxy - l_ref, 0)``.
 
     The sums are over tokens and the counts are token counts, so ``domain_means`` gives DoReMi's
-    ``s_m`` (mean over domain-m tokens; SPEC 5).
+    ``s_m`` (mean over domain-m tokens; docs/methods.md, "DoReMi: Update").
 
     Args:
         proxy_losses: float ``(B, T)`` per-token losses of the proxy.
@@ -286,7 +291,9 @@ def domain_means(stats: DomainStats) -> tuple[Array, Array]:
 
 
 def twin_delta(stats: TwinStats) -> tuple[Array, Array]:
-    """TANDEM's twin difference ``Delta_m = mean_reference_m - mean_proxy_m`` (SPEC 1.3, step 3).
+    """TANDEM's twin difference ``Delta_m = mean_reference_m - mean_proxy_m``.
+
+    Step 3 of docs/methods.md, "TANDEM: Update".
 
     Args:
         stats: ``TwinStats`` with arrays ``(..., M)``.
@@ -303,7 +310,9 @@ def twin_delta(stats: TwinStats) -> tuple[Array, Array]:
 def fill_missing(
     signal: Array, present: Array, last: Array, seen: Array, policy: str
 ) -> tuple[Array, Array | None]:
-    """Apply the missing-domain policy to a per-domain signal (SPEC 6).
+    """Apply the missing-domain policy to a per-domain signal.
+
+    See docs/methods.md, "Twin loss accounting: Missing domains".
 
     - ``carry``: a missing domain reuses its last seen signal; never seen: the mean of the present
       domains' signals (neutral under the shift-invariant updates).

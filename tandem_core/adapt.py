@@ -1,4 +1,4 @@
-"""ADAPT: online per-sample loss reweighting by similarity to an anchor set (SPEC 2).
+"""ADAPT: online per-sample loss reweighting by similarity to an anchor set (docs/methods.md).
 
 Each sample's pooled last hidden state is compared with the centroid of the anchor (validation)
 embeddings; a global sigmoid gate turns that cosine score into a weight in ``[0, 1]`` that scales
@@ -17,12 +17,12 @@ from typing import Any, NamedTuple
 from ._adapt_embed import (
     COUNTINGS,
     AnchorSum,
-    adapt_mask,
     adapt_scores,
     anchor_centroid,
     anchor_sum,
     centroid_from_sum,
     check_rank,
+    input_mask,
     l2_normalize,
     merge_anchor_sums,
     pool_hidden,
@@ -30,14 +30,16 @@ from ._adapt_embed import (
 )
 from ._bm25 import bm25_scores, bm25_term_weights
 from ._utils import Array, array_device, as_namespace, namespace, safe_increment
+from .accounting import DomainStats, merge_stats
 
 __all__ = [
     "AdaptState",
     "AdaptTransform",
     "AnchorSum",
+    "WeightedStepInfo",
     "WeightSummary",
     "adapt",
-    "adapt_mask",
+    "input_mask",
     "adapt_scores",
     "adapt_weights",
     "anchor_centroid",
@@ -47,6 +49,7 @@ __all__ = [
     "centroid_from_sum",
     "l2_normalize",
     "merge_anchor_sums",
+    "merge_step_info",
     "pool_hidden",
     "position_weights",
     "standardize",
@@ -73,11 +76,12 @@ def adapt_weights(
     clip: float | None = None,
     center: float | Array | None = None,
 ) -> Array:
-    """Global sigmoid gate ``w = sigmoid((s - center) / max(tau, eps))`` (SPEC 2.3).
+    """Global sigmoid gate ``w = sigmoid((s - center) / max(tau, eps))``.
 
-    Optional ``min(w, clip)`` (DataFlex option). ``center`` is NOT in the paper (SPEC 2.3 numerical
-    note: anisotropic hidden states make every cosine positive); ``None`` is the paper's gate. The
-    weights are constants for the optimiser: backends apply stop-gradient.
+    See docs/methods.md, "ADAPT: Score and gate". Optional ``min(w, clip)`` (DataFlex option).
+    ``center`` is NOT in the paper (see the numerics note there: anisotropic hidden states make
+    every cosine positive); ``None`` is the paper's gate. The weights are constants for the
+    optimiser: backends apply stop-gradient.
 
     Args:
         scores: floating array ``(B,)`` (or any shape).
@@ -101,10 +105,11 @@ def adapt_weights(
 
 
 def weighted_loss(per_sample_loss: Array, weights: Array, *, normalizer: str = "batch") -> Array:
-    """ADAPT objective ``(1/Z) sum_i w_i l_i`` (SPEC 2.3) with ``Z = B`` or ``Z = sum_i w_i``.
+    """ADAPT objective ``(1/Z) sum_i w_i l_i`` with ``Z = B`` or ``Z = sum_i w_i``.
 
-    ``"batch"`` (SPEC's recommendation) keeps the absolute weights as learning-rate multipliers;
-    ``"sum"`` renormalises per batch (0 when every weight is 0). Pass stop-gradient weights.
+    See docs/methods.md, "ADAPT: Objective". ``"batch"`` (our default; the paper leaves ``Z``
+    open) keeps the absolute weights as learning-rate multipliers; ``"sum"`` renormalises per
+    batch (0 when every weight is 0). Pass stop-gradient weights.
 
     Args:
         per_sample_loss: floating array ``(B,)``.
@@ -132,7 +137,7 @@ def weighted_loss(per_sample_loss: Array, weights: Array, *, normalizer: str = "
 class WeightSummary(NamedTuple):
     """Logging summary of weights (or scores): arrays, read them on a logging step only."""
 
-    mean: Array  # () float: the "effective data ratio" for weights (SPEC 2.7)
+    mean: Array  # () float: the "effective data ratio" (docs/methods.md, "ADAPT: Objective")
     quantiles: Array  # (Q,) float: at the requested levels (default 0.1, 0.5, 0.9)
 
 
@@ -167,8 +172,31 @@ def standardize(scores: Array) -> Array:
     return centred / xp.where(std > 0, std, xp.ones_like(std))
 
 
+class WeightedStepInfo(NamedTuple):
+    """What a per-sample weighted training step reports besides the loss statistics (on device)."""
+
+    weights: Array  # (B,) float: w_i of this process's rows (stop-gradient), in batch order
+    scores: Array  # (B,) float: s_i before the gate (cosine, or standardised BM25)
+    per_domain: DomainStats  # sums of w_i over each domain's scored rows, and their counts
+
+
+def merge_step_info(a: WeightedStepInfo | None, b: WeightedStepInfo) -> WeightedStepInfo:
+    """Concatenate the rows of two ``WeightedStepInfo`` and add their per-domain sums."""
+    if a is None:
+        return b
+    xp = namespace(a.weights, b.weights)
+    return WeightedStepInfo(
+        xp.concat([a.weights, b.weights]),
+        xp.concat([a.scores, b.scores]),
+        merge_stats(a.per_domain, b.per_domain),
+    )
+
+
 class AdaptState(NamedTuple):
-    """ADAPT's anchor state (SPEC 2.5): nothing is learned, only the anchor centroid."""
+    """ADAPT's anchor state: nothing is learned, only the anchor centroid.
+
+    See docs/methods.md, "ADAPT: Anchor refresh".
+    """
 
     centroid: Array  # (H,) float: mean unit anchor embedding (zero before the first refresh)
     last_refresh: Array  # () int32: step of the last refresh (-1: never)
@@ -200,14 +228,15 @@ def adapt(
     center: float | None = None,
     counting: str = "valid",
 ) -> AdaptTransform:
-    """ADAPT reweighting (SPEC 2.3) as an ``init`` / ``update`` (``refresh``) transform.
+    """ADAPT reweighting as an ``init`` / ``update`` (``refresh``) transform.
 
     ``init(hidden_size, *, xp=None, dtype=None, device=None)`` gives a zero centroid (weights 0.5
     until the first refresh). ``refresh(state, anchors, step)`` takes pooled anchor embeddings
     ``(V, H)``, a centroid ``(H,)`` or an ``AnchorSum``, computed with the CURRENT model under
     no-grad. ``weights(state, hidden (B, T, H), mask (B, T)) -> (B,)``; ``scores`` is the same
     before the gate and ``gate(scores)`` applies it. ``needs_refresh(step)`` is a host-side check
-    on a Python int, true at step 0 and every ``refresh_every`` steps. A training loop (SPEC 2.3)::
+    on a Python int, true at step 0 and every ``refresh_every`` steps. A training loop
+    (docs/methods.md, "ADAPT: Objective")::
 
         state = t.init(hidden_size, xp=xp)
         for step, batch in enumerate(batches):

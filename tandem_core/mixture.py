@@ -4,7 +4,8 @@ Uniform, natural, temperature, DoReMi and DoGE share TANDEM's interface. Each fa
 its hyper-parameters; the state is a ``MixtureState``.
 
 Gradient convention: every method descends a per-domain gradient ``g`` (lower ``g`` gains weight).
-TANDEM: ``g = gamma * Delta`` (SPEC 1.3 Eq. 5); DoReMi: ``g = -excess`` (SPEC 5); DoGE: ``g = -W``.
+TANDEM: ``g = gamma * Delta`` (its paper's Eq. 5); DoReMi: ``g = -excess``; DoGE: ``g = -W``
+(docs/methods.md, "Conventions", and each method's "Update").
 """
 
 from __future__ import annotations
@@ -114,11 +115,12 @@ def tandem(
     rms_decay: float = 0.9,
     history: int = 0,
 ) -> MixtureTransform:
-    """TANDEM's penalised mixture update (SPEC 1.3 step 4, Eq. 5).
+    """TANDEM's penalised mixture update (Eq. 5 of the paper).
 
-    ``alpha <- Proj_A(alpha - eta_alpha * gamma * Delta)`` with ``Delta_m = L^m_train(w_K) -
-    L^m_train(u_K)`` (``step="pgd"``, the paper's form), or ``alpha * exp(-eta_alpha * gamma *
-    Delta)`` renormalised (``step="eg"``, the DoReMi/DoGE convention; SPEC marks it DERIVED).
+    Step 4 of docs/methods.md, "TANDEM: Update": ``alpha <- Proj_A(alpha - eta_alpha * gamma *
+    Delta)`` with ``Delta_m = L^m_train(w_K) - L^m_train(u_K)`` (``step="pgd"``, the paper's
+    form), or ``alpha * exp(-eta_alpha * gamma * Delta)`` renormalised (``step="eg"``, the
+    DoReMi/DoGE convention; our choice, not the paper's).
 
     Args:
         eta_alpha: mixture step size > 0.
@@ -127,8 +129,9 @@ def tandem(
         floor: minimum weight per domain (``M * floor < 1``).
         smoothing: mix toward uniform after each step, ``c`` in ``[0, 1)``.
         missing: policy for domains absent from the statistics: ``carry | zero | skip``.
-        normalize: ``"rms"`` divides the centred Delta by its running RMS (our option, SPEC 1.4):
-            ``eta_alpha`` then sets the step in units of a typical Delta. ``"none"``: the paper.
+        normalize: ``"rms"`` divides the centred Delta by its running RMS (our option; see
+            docs/methods.md, "TANDEM: Defaults"): ``eta_alpha`` then sets the step in units of a
+            typical Delta. ``"none"``: the paper.
         rms_decay: EMA decay of the RMS normaliser.
         history: mixtures kept on device in ``state.history``.
 

@@ -1,13 +1,14 @@
-"""The TANDEM episode schedule as data (SPEC 1.3): what a custom loop does at each tick.
+"""The TANDEM episode schedule as data: what a custom loop does at each tick.
 
-An episode is ``SYNC, PROBE x K, UPDATE, FREE x E_free`` (``K + E_free + 2`` ticks):
+An episode (docs/methods.md, "TANDEM: Episode schedule") is ``SYNC, PROBE x K, UPDATE,
+FREE x E_free`` (``K + E_free + 2`` ticks):
 
 - ``SYNC``: copy the proxy u into the reference w (parameters AND optimizer state).
 - ``PROBE``: one training step of both twins on the same train batch (w also on a val batch).
 - ``UPDATE``: evaluate both twins per domain, compute Delta, step the mixture.
 - ``FREE``: one proxy training step under the new mixture.
 
-Meaning of ``E`` (SPEC 1.3 leaves it open): with ``episode="free"`` (default) E counts the free
+Meaning of ``E`` (the paper leaves it open): with ``episode="free"`` (default) E counts the free
 proxy steps after the update, so an episode trains the proxy ``K + E`` steps. With
 ``episode="total"`` E counts all proxy steps of the episode, probing included (``E >= K``,
 ``E - K`` free steps).

@@ -64,10 +64,11 @@ class RmsState(NamedTuple):
 def scale_by_rms(decay: float = 0.9, eps: float = 1e-12) -> Stage:
     """Centre the gradient over domains and divide it by the running RMS of its size.
 
-    The twin difference is tiny and its scale drifts with the loss (SPEC 1.4), so a fixed
-    ``eta_alpha`` either barely moves alpha or overshoots. Centring does not change the direction of
-    either step (both are invariant to adding a constant to every coordinate); the bias-corrected
-    EMA makes a typical step move ``log alpha`` (EG) or ``alpha`` (PGD) by about the learning rate.
+    The twin difference is tiny and its scale drifts with the loss, so a fixed ``eta_alpha``
+    either barely moves alpha or overshoots (docs/methods.md, "TANDEM: Defaults"). Centring does
+    not change the direction of either step (both are invariant to adding a constant to every
+    coordinate); the bias-corrected EMA makes a typical step move ``log alpha`` (EG) or ``alpha``
+    (PGD) by about the learning rate.
 
     Args:
         decay: EMA decay in ``[0, 1)``.

@@ -1,15 +1,17 @@
-"""TaskPGM: task mixtures from behavioural affinities by energy minimisation (SPEC 3).
+"""TaskPGM: task mixtures from behavioural affinities by energy minimisation.
 
-Pipeline (SPEC 3.3): pairwise Jensen–Shannon divergences ``D`` between single-task models'
-predictive distributions (step 2, device side, streamed over probe batches), an affinity ``S``
-and a unary utility ``u`` (steps 2–3), then the mixture ``p`` minimising
+Pipeline (docs/methods.md, "TaskPGM: Steps"): pairwise Jensen–Shannon divergences ``D``
+between single-task models' predictive distributions (step 2, device side, streamed over probe
+batches), an affinity ``S`` and a unary utility ``u`` (steps 2–3), then the mixture ``p``
+minimising
 
     E(p) = -u^T p + 1/2 p^T A p,   A = lam (S - I) + mu I,   p on the simplex     (step 4)
 
 or a budgeted subset by greedy maximisation of ``F`` (step 5). Divergences, affinities and
 utilities are Array API functions (any namespace, jit-safe), defined in
 ``_taskpgm_divergence`` and re-exported here; the solvers are host-side numpy float64 code for
-small ``N``. Everything in SPEC 3.3 is a DERIVED reconstruction.
+small ``N``. Every step is our reconstruction, not the paper's equations (docs/methods.md,
+"TaskPGM").
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ SUBSET_WEIGHTS = ("uniform", "utility")
 
 
 def energy(p: Array, u: Array, A: Array, *, tau_e: float = 0.0) -> Array:
-    """``E(p) = -u^T p + 1/2 p^T A p`` (SPEC 3.3 step 4), plus ``tau_e sum_i p_i log p_i``.
+    """``E(p) = -u^T p + 1/2 p^T A p``, plus ``tau_e sum_i p_i log p_i``.
+
+    Step 4 of docs/methods.md, "TaskPGM: Steps".
 
     Args:
         p: array ``(..., N)`` of mixtures.
@@ -84,7 +88,9 @@ def energy(p: Array, u: Array, A: Array, *, tau_e: float = 0.0) -> Array:
 
 
 def default_mu(S: Any, lam: float = 1.0, *, margin: float = 1e-3) -> float:
-    """Default ridge: ``mu = lam * max(1, |lambda_min(S - I)|) + margin`` (SPEC 3.4).
+    """Default ridge: ``mu = lam * max(1, |lambda_min(S - I)|) + margin``.
+
+    See docs/methods.md, "TaskPGM: Energy and solvers" (ridge).
 
     ``lam |lambda_min(S - I)| + margin`` is the smallest ridge making ``A`` positive definite
     plus the margin. Taking at least ``lam`` (DERIVED) gives ``A = lam S + margin I`` whenever
@@ -99,7 +105,9 @@ def default_mu(S: Any, lam: float = 1.0, *, margin: float = 1e-3) -> float:
 
 
 def interaction_matrix(S: Any, *, lam: float = 1.0, mu: float | None = None) -> np.ndarray:
-    """``A = lam (S - I) + mu I`` as numpy float64 (SPEC 3.3 step 4), from the symmetrised ``S``.
+    """``A = lam (S - I) + mu I`` as numpy float64, from the symmetrised ``S``.
+
+    Step 4 of docs/methods.md, "TaskPGM: Steps".
 
     Args:
         S: array ``(N, N)`` affinity (only its symmetric part enters ``E``).
@@ -143,19 +151,19 @@ def solve_mixture(
     tol: float = 1e-10,
     max_iter: int = 100_000,
 ) -> np.ndarray:
-    """Mixture ``p`` minimising ``E(p) = -u^T p + 1/2 p^T A p`` on the simplex (SPEC 3.3 step 4).
+    """Mixture ``p`` minimising ``E(p) = -u^T p + 1/2 p^T A p`` on the simplex.
 
-    ``A = lam (S - I) + mu I``. Methods:
+    ``A = lam (S - I) + mu I`` (docs/methods.md, "TaskPGM: Energy and solvers"). Methods:
 
     - ``"active_set"``: the closed form ``p = A_FF^{-1}(u_F + nu 1)`` on a support ``F``, negative
-      coordinates dropped and re-solved (SPEC), completed by a primal active-set phase that
+      coordinates dropped and re-solved (phase 1), completed by a primal active-set phase that
       re-admits a dropped coordinate whose KKT multiplier is negative, so the result is the
       exact minimiser (see ``_taskpgm_solve.active_set``). Needs ``A`` positive definite.
     - ``"pgd"``: projected gradient with ``project_simplex``, step ``1/L`` (accelerated with
       restarts when ``A`` is positive definite; a stationary point otherwise).
     - ``"mean_field"``: damped fixed point of ``p = softmax((u - A p)/tau_e)``, the minimiser of
       ``E(p) + tau_e sum p log p`` (damped in log space, see ``_taskpgm_solve.mean_field``). With
-      ``mu = 0`` the exponent is the SPEC's ``u_i - lam sum_{j != i} S_ij p_j``; the default
+      ``mu = 0`` the exponent is ``u_i - lam sum_{j != i} S_ij p_j``; the default
       ``mu`` keeps all three methods on the same ``E`` (mean field tends to the active-set
       solution as ``tau_e -> 0``).
 
@@ -164,7 +172,7 @@ def solve_mixture(
     Args:
         u: array ``(N,)`` utility (e.g. ``unary_utility``).
         S: array ``(N, N)`` affinity.
-        lam: redundancy strength >= 0 (SPEC 3.4 sweep {0.1, 0.5, 1, 2}).
+        lam: redundancy strength >= 0 (a sweep over {0.1, 0.5, 1, 2} is a reasonable start).
         mu: ridge >= 0; ``default_mu(S, lam)`` when None.
         method: one of ``SOLVER_METHODS``.
         tau_e: entropy temperature > 0 (``"mean_field"`` only).
@@ -212,13 +220,13 @@ def greedy_subset(
 ) -> list[int]:
     """Greedy maximisation of ``F(A) = sum_{i in A} u_i - lam sum_{i<j in A} S_ij``, ``|A| <= k``.
 
-    SPEC 3.3 step 5. Each round adds the index of largest marginal gain
+    Step 5 of docs/methods.md, "TaskPGM: Steps". Each round adds the index of largest marginal gain
     ``u_i - lam sum_{j in A} S_ij`` (ties: lowest index). With ``stop_early`` (DERIVED default)
     it stops once the best gain is ``<= 0``, since adding more would lower ``F`` and the budget
     is an upper bound, but it always returns at least one index (an empty set is no mixture).
     An exact duplicate of a selected task gains at most ``u_i - lam`` (``S_ij = 1``), so it is
     never added once ``lam >= max u`` (standardised u: ``lam >= sqrt(N - 1)`` suffices). For
-    ``S >= 0`` ``F`` has diminishing gains (submodular) but is not monotone; the SPEC's
+    ``S >= 0`` ``F`` has diminishing gains (submodular) but is not monotone; the greedy
     ``1 - e^{-gamma}`` bound (Das & Kempe 2011) assumes monotonicity, which holds only while
     gains stay positive, as ``stop_early`` keeps them.
 
@@ -243,11 +251,11 @@ def greedy_subset(
 def subset_mixture(
     indices: Any, n: int, weights: str = "uniform", u: Any = None, *, temperature: float = 1.0
 ) -> np.ndarray:
-    """A mixture over a selected subset (SPEC 3.3 step 5), zero elsewhere.
+    """A mixture over a selected subset, zero elsewhere.
 
-    ``"uniform"``: ``1/|A|`` on the subset. ``"utility"`` (DERIVED): ``p_i ∝ exp(u_i /
-    temperature)`` on the subset, the positive analogue of utility-proportional weights for
-    standardised (partly negative) utilities.
+    Step 5 of docs/methods.md, "TaskPGM: Steps". ``"uniform"``: ``1/|A|`` on the subset.
+    ``"utility"`` (DERIVED): ``p_i ∝ exp(u_i / temperature)`` on the subset, the positive
+    analogue of utility-proportional weights for standardised (partly negative) utilities.
 
     Args:
         indices: the selected indices (e.g. from ``greedy_subset``), distinct, in ``[0, n)``.
@@ -289,7 +297,10 @@ def subset_mixture(
 
 
 class TaskPGMResult(NamedTuple):
-    """Result of ``taskpgm_mixture`` (numpy float64, host side): what SPEC 3.5 says to store."""
+    """Result of ``taskpgm_mixture`` (numpy float64, host side): what a TaskPGM run keeps.
+
+    See step 6 of docs/methods.md, "TaskPGM: Steps".
+    """
 
     p: np.ndarray  # (N,) float64, on the simplex: the mixture to train with
     S: np.ndarray  # (N, N) float64 affinity used
@@ -315,7 +326,9 @@ def taskpgm_mixture(
     weights: str = "uniform",
     **solver_options: Any,
 ) -> TaskPGMResult:
-    """SPEC 3.3 steps 2–5 in one call: ``D`` (or ``S``) and a utility to the mixture ``p``.
+    """Steps 2–5 of TaskPGM in one call: ``D`` (or ``S``) and a utility to the mixture ``p``.
+
+    See docs/methods.md, "TaskPGM: Steps".
 
     Args:
         D: array ``(N, N)`` divergences (e.g. ``jsd_result``); exactly one of ``D`` and ``S``.

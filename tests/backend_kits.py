@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import tandem_core as tc
+from tandem_core.methods import all_methods, get_method
+from tandem_core.run import GPTConfig, TrainConfig
 
 
 class TorchKit:
@@ -59,17 +60,22 @@ class TorchKit:
             model = _poisoned_torch(model, poison)
         return model
 
-    def trainer(self, model, config, m, v=None, **kw):
-        return self.mod.TwinTrainer(model, config, m, num_val_domains=v, device="cpu", **kw)
+    def engine(self, model, config, m, v=None, options=None, **kw):
+        options = self.mod.TorchOptions(**{"device": "cpu", **(options or {})})
+        return self.mod.TorchEngine(model, config, m, num_val_domains=v, options=options, **kw)
 
-    def params(self, trainer, which="proxy"):
-        module = trainer.proxy if which == "proxy" else trainer.reference
-        return self.mod.numpy_params(module)
+    def params(self, engine, which="proxy"):
+        twins = engine.twins
+        return self.mod.numpy_params(twins.proxy if which == "proxy" else twins.reference)
 
-    def opt_moments(self, trainer, which="proxy"):
-        opt = trainer.opt_u if which == "proxy" else trainer.opt_w
+    def distance(self, engine):
+        return float(engine.twins.distance())
+
+    def opt_moments(self, engine, which="proxy"):
+        twins = engine.twins
+        opt = twins.opt_proxy if which == "proxy" else twins.opt_reference
         out = []
-        for p in (trainer.proxy if which == "proxy" else trainer.reference).parameters():
+        for p in (twins.proxy if which == "proxy" else twins.reference).parameters():
             st = opt.state.get(p, {})
             out += [
                 st[k].detach().numpy().copy()
@@ -88,19 +94,19 @@ class TorchKit:
         loss, n = self.mod.per_sample_loss(logits, self.torch.as_tensor(batch["labels"]))
         return loss.detach().numpy(), n.numpy()
 
-    def grads(self, trainer, train, val, m, v):
-        from tandem_torch.grads import doge_gradients
+    def grads(self, engine, train, val, m, v):
+        from tandem_torch.grads import alignment_gradients
 
-        b = trainer._device_batch
-        g, gv, _, _ = doge_gradients(trainer.proxy, b(train), b(val), m, v)
-        names = [k for k, _ in trainer.proxy.named_parameters()]
+        b, proxy = engine.twins.batch, engine.twins.proxy
+        g, gv, _, _ = alignment_gradients(proxy, b(train), b(val), m, v)
+        names = [k for k, _ in proxy.named_parameters()]
         flat = np.stack(
             [np.concatenate([g[k][i].reshape(-1).numpy() for k in names]) for i in range(m)]
         )
         return flat, np.concatenate([gv[k].reshape(-1).numpy() for k in names])
 
-    def flat(self, trainer, which="proxy"):
-        return np.concatenate([v.reshape(-1) for v in self.params(trainer, which).values()])
+    def flat(self, engine, which="proxy"):
+        return np.concatenate([v.reshape(-1) for v in self.params(engine, which).values()])
 
 
 class JaxKit:
@@ -121,18 +127,24 @@ class JaxKit:
         model = self.mod.TinyGPT.create(cfg, params, dtype=dtype)
         return model if poison is None else _poisoned_jax(model, poison)
 
-    def trainer(self, model, config, m, v=None, **kw):
-        return self.mod.TwinTrainer(model, config, m, num_val_domains=v, **kw)
+    def engine(self, model, config, m, v=None, options=None, **kw):
+        options = self.mod.JaxOptions(**(options or {}))
+        return self.mod.JaxEngine(model, config, m, num_val_domains=v, options=options, **kw)
 
-    def params(self, trainer, which="proxy"):
+    def params(self, engine, which="proxy"):
         import equinox as eqx
 
-        p = trainer.pu if which == "proxy" else trainer.pw
-        model = eqx.combine(p, trainer.static)
+        twins = engine.twins
+        p = twins.proxy if which == "proxy" else twins.reference
+        model = eqx.combine(p, engine.spec.static)
         return self.mod.to_numpy(getattr(model, "inner", model))
 
-    def opt_moments(self, trainer, which="proxy"):
-        state = trainer.ou if which == "proxy" else trainer.ow
+    def distance(self, engine):
+        return float(self.mod.distance(engine.twins))
+
+    def opt_moments(self, engine, which="proxy"):
+        twins = engine.twins
+        state = twins.opt_proxy if which == "proxy" else twins.opt_reference
         return [np.asarray(x).copy() for x in self.jax.tree.leaves(state)]
 
     def forward(self, model, tokens):
@@ -144,30 +156,34 @@ class JaxKit:
         loss, n = self.mod.per_sample_loss(logits, self.jax.numpy.asarray(batch["labels"]))
         return np.asarray(loss), np.asarray(n)
 
-    def grads(self, trainer, train, val, m, v):
-        from tandem_jax.grads import doge_gradients
+    def grads(self, engine, train, val, m, v):
+        from tandem_jax.grads import alignment_gradients
 
-        b = trainer._device_batch
-        g, gv, _, _ = doge_gradients(trainer._losses, trainer.pu, b(train), b(val), m, v)
-        names = list(self.mod.to_numpy(trainer.proxy_model()))
-        leaves_g = _by_name(self, trainer, g, names, m)
-        leaves_v = _by_name(self, trainer, gv, names, None)
+        def loss(params, tokens, labels):
+            return self.mod.loss(engine.spec, params, tokens, labels)
+
+        b = engine.batch
+        g, gv, _, _ = alignment_gradients(loss, engine.twins.proxy, b(train), b(val), m, v)
+        names = list(self.mod.to_numpy(engine.proxy_model()))
+        leaves_g = _by_name(self, engine, g, names, m)
+        leaves_v = _by_name(self, engine, gv, names, None)
         return leaves_g, leaves_v
 
-    def flat(self, trainer, which="proxy"):
-        return np.concatenate([v.reshape(-1) for v in self.params(trainer, which).values()])
+    def flat(self, engine, which="proxy"):
+        return np.concatenate([v.reshape(-1) for v in self.params(engine, which).values()])
 
 
-def _by_name(kit, trainer, tree, names, m):
+def _by_name(kit, engine, tree, names, m):
     import equinox as eqx
 
+    static = engine.spec.static
     if m is None:
-        d = kit.mod.to_numpy(eqx.combine(tree, trainer.static))
+        d = kit.mod.to_numpy(eqx.combine(tree, static))
         return np.concatenate([d[k].reshape(-1) for k in names])
     rows = []
     for i in range(m):
         sub = kit.jax.tree.map(lambda a, i=i: a[i], tree)
-        d = kit.mod.to_numpy(eqx.combine(sub, trainer.static))
+        d = kit.mod.to_numpy(eqx.combine(sub, static))
         rows.append(np.concatenate([d[k].reshape(-1) for k in names]))
     return np.stack(rows)
 
@@ -213,7 +229,7 @@ def available_kits():
     return kits
 
 
-SMALL = tc.GPTConfig(vocab_size=16, seq_len=16, d_model=32, n_layer=1, n_head=2)
+SMALL = GPTConfig(vocab_size=16, seq_len=16, d_model=32, n_layer=1, n_head=2)
 TOY = dict(
     steps=40,
     batch_per_domain=4,
@@ -225,6 +241,15 @@ TOY = dict(
 )
 
 
-def toy_config(**overrides) -> tc.TrainConfig:
-    """A TrainConfig sized for the 3-domain toy task; keyword arguments override the defaults."""
-    return tc.TrainConfig(**{**TOY, **overrides})
+def toy_config(**overrides) -> TrainConfig:
+    """A TrainConfig sized for the 3-domain toy task; keyword arguments override the defaults.
+
+    Keys that belong only to other methods than ``method`` are dropped, so one parametrised test
+    body can pass e.g. ``reference_steps`` (DoReMi) and ``probe_steps`` (TANDEM) to every method.
+    """
+    values = {**TOY, **overrides}
+    method = get_method(values.get("method", "tandem"))
+    others = {k for m in all_methods() if m.name != method.name for k in m.keys}
+    return TrainConfig.from_mapping(
+        {k: v for k, v in values.items() if k in method.keys or k not in others}
+    )

@@ -1,4 +1,4 @@
-"""ADAPT (SPEC 2.3): pooling, anchor centroid, gate, weighted loss, transform, ADAPT-BM25."""
+"""ADAPT (docs/methods.md): pooling, anchor centroid, gate, weighted loss, transform, BM25."""
 
 import math
 

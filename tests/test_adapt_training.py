@@ -1,4 +1,4 @@
-"""ADAPT in training (SPEC 2): the weighted step of both backends, the run loop, the CLI and jobs.
+"""ADAPT in training: the weighted step of both backends, the run loop, the CLI and jobs.
 
 The core math (pooling, centroid, gate) is tested in test_adapt.py; here the same quantities come
 out of the backends' training steps and are checked against hand-written loops on the numpy GPT.
@@ -13,7 +13,8 @@ from toy_data import ToySampler, toy_sampler
 from utils import asarray, assert_close
 
 import tandem_core as tc
-from tandem_core.gpt import gpt_forward_numpy, init_gpt_params
+from tandem_core.run import GPTConfig, MixtureRun, ModelSpec, TrainConfig
+from tandem_core.run.gpt import gpt_forward_numpy, init_gpt_params
 
 KITS = available_kits()
 
@@ -38,11 +39,12 @@ def _cfg(**kw):
     )
 
 
-def _run(kit, cfg, sampler=None, seed=0, **run_kw):
+def _run(kit, cfg, sampler=None, seed=0, engine_kw=None, **run_kw):
+    engine_kw = engine_kw or {}
     sampler = sampler or toy_sampler(seq_len=16)
     model = kit.model(SMALL, init_gpt_params(SMALL, seed), cfg.dtype)
-    trainer = kit.trainer(model, cfg, len(sampler.domains), len(sampler.val_domains))
-    return tc.MixtureRun(trainer, sampler, cfg, **run_kw), trainer
+    engine = kit.engine(model, cfg, len(sampler.domains), len(sampler.val_domains), **engine_kw)
+    return MixtureRun(engine, sampler, cfg, **run_kw), engine
 
 
 def _padded_batch(sampler):
@@ -76,8 +78,8 @@ def _cos(a, b):
 
 
 def test_config_keys_are_validated():
-    cfg = tc.TrainConfig(weighting="adapt", method="uniform")
-    assert (cfg.adapt_tau, cfg.adapt_refresh, cfg.adapt_clip) == (0.1, 50, None)
+    cfg = TrainConfig.from_mapping({"weighting": "adapt", "method": "uniform"})
+    assert (cfg.adapt.adapt_tau, cfg.adapt.adapt_refresh, cfg.adapt.adapt_clip) == (0.1, 50, None)
     assert cfg.to_mapping()["weighting"] == "adapt"
     for kw, message in [
         ({"weighting": "softmax"}, r"weighting='softmax' is not one of \('none', 'adapt'"),
@@ -88,10 +90,12 @@ def test_config_keys_are_validated():
         ({"adapt_anchor_batch": 0}, "adapt_anchor_batch must be > 0"),
         ({"bm25_b": 1.5}, r"bm25_b must be in \[0, 1\]"),
         ({"adapt_refresh": 2.5}, "adapt_refresh must be int"),
+        ({"weighting": "adapt", "eta_alpha": 2.0, "method": "uniform"}, "eta_alpha is a key of"),
     ]:
         with pytest.raises(tc.ConfigError, match=message):
-            tc.TrainConfig(**kw)
-    gate = tc.make_adapt(tc.TrainConfig(weighting="bm25", bm25_tau=0.5, adapt_tau=0.01)).gate
+            TrainConfig.from_mapping(kw)
+    cfg = TrainConfig.from_mapping({"weighting": "bm25", "bm25_tau": 0.5, "adapt_tau": 0.01})
+    gate = cfg.adapt.transform(cfg.weighting).gate
     np.testing.assert_allclose(gate(np.array([1.0])), [1 / (1 + np.exp(-2.0))])
 
 
@@ -107,7 +111,7 @@ def test_weighting_needs_a_static_mixture(method):
 def test_adapt_mask_by_hand(xp):
     labels = np.array([[1, 2, -100, -100], [-100, -100, 3, -100], [-100] * 4, [1, 1, 1, 1]])
     want = [[1, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0], [1, 1, 1, 1]]
-    assert_close(tc.adapt_mask(asarray(xp, labels)), np.array(want, dtype=bool), xp=xp)
+    assert_close(tc.input_mask(asarray(xp, labels)), np.array(want, dtype=bool), xp=xp)
 
 
 def test_bm25_term_weights_score_like_bm25_scores(rng):
@@ -128,9 +132,9 @@ def test_step_weights_match_hand_loop_pooling_centroid_and_gate(kit):
     run, trainer = _run(kit, cfg)
     params = {k: v.astype(np.float64) for k, v in init_gpt_params(SMALL, 0).items()}
     anchors = run.weighting.anchors
-    state = trainer.adapt_refresh(run.weighting.transform, None, anchors, 0)
+    state = trainer.anchor_refresh(run.weighting.transform, None, anchors, 0)
     batch = _padded_batch(run.sampler)
-    _, info = trainer.weighted_free(batch, run.state.alpha, run.weighting.transform, state)
+    _, info = trainer.weighted_step(batch, run.state.alpha, run.weighting.transform, state)
     # anchors: pooled by hand, compared pairwise (the mean of cosines, not the centroid)
     phi_v = []
     for b in anchors:
@@ -165,9 +169,9 @@ def test_step_descends_the_weighted_objective_with_constant_weights(kit):
 
     cfg = _cfg(optimizer="sgd", lr=0.5, grad_clip=None, adapt_tau=0.05)
     run, trainer = _run(kit, cfg)
-    state = trainer.adapt_refresh(run.weighting.transform, None, run.weighting.anchors, 0)
+    state = trainer.anchor_refresh(run.weighting.transform, None, run.weighting.anchors, 0)
     batch = _padded_batch(run.sampler)
-    _, info = trainer.weighted_free(batch, run.state.alpha, run.weighting.transform, state)
+    _, info = trainer.weighted_step(batch, run.state.alpha, run.weighting.transform, state)
     w = np.asarray(info.weights)
     ref = TinyGPT(SMALL, init_gpt_params(SMALL, 0), dtype=torch.float64)
     logits = ref(torch.as_tensor(batch["tokens"]))
@@ -200,13 +204,13 @@ def test_gradient_accumulation_equals_one_big_batch(kit, weighting):
 def test_anchor_refresh_every_r_steps_and_logged_distributions(kit):
     run, trainer = _run(kit, _cfg(steps=12, adapt_refresh=5, log_every=4))
     calls = []
-    original = trainer.adapt_refresh
+    original = trainer.anchor_refresh
 
     def spy(transform, state, batches, step):
         calls.append(step)
         return original(transform, state, batches, step)
 
-    trainer.adapt_refresh = spy
+    trainer.anchor_refresh = spy
     result = run.run(progress=False)
     assert calls == [0, 5, 10]
     assert int(np.asarray(run.weighting.state.last_refresh)) == 10
@@ -271,20 +275,23 @@ def test_sampling_in_proportion_gives_the_plain_weighted_mean(kit):
 )
 def test_custom_models_need_hidden_states(backend, name, ok):
     pytest.importorskip(backend)
-    from tandem_adapters.config import ModelConfig
-    from tandem_adapters.models import build_model, make_trainer
-
-    spec = ModelConfig(kind="module", module=f"custom_models:{name}")
-    model = build_model(spec, backend=backend, vocab_size=16, seq_len=16)
+    b = tc.backend.training_backend(backend)
+    spec = ModelSpec(kind="module", module=f"custom_models:{name}")
+    model = b.build_model(spec, vocab_size=16, seq_len=16)
     cfg = _cfg(steps=3, log_every=3, dtype="float32")
-    trainer = make_trainer(backend, model, cfg, num_domains=3, num_val_domains=1, device="cpu")
-    run = tc.MixtureRun(trainer, toy_sampler(seq_len=16), cfg)
+    options = b.Options()
+
+    def engine(cfg):
+        return b.make_engine(model, cfg, num_domains=3, num_val_domains=1, options=options)
+
+    run = MixtureRun(engine(cfg), toy_sampler(seq_len=16), cfg)
     if not ok:
         with pytest.raises(tc.ConfigError, match="does not return hidden states"):
             run.run(progress=False)
         bm25 = _cfg(weighting="bm25", steps=2, dtype="float32")  # lexical: no hidden states
-        trainer = make_trainer(backend, model, bm25, num_domains=3, num_val_domains=1)
-        assert tc.MixtureRun(trainer, toy_sampler(seq_len=16), bm25).run(progress=False).steps == 2
+        assert (
+            MixtureRun(engine(bm25), toy_sampler(seq_len=16), bm25).run(progress=False).steps == 2
+        )
         return
     result = run.run(progress=False)
     assert 0 < result.weighting["weight_mean"] < 1 and result.metrics[0]["weights"]["max"] <= 1
@@ -294,17 +301,16 @@ def test_custom_models_need_hidden_states(backend, name, ok):
 def test_hugging_face_model_weights_from_its_last_hidden_states(tmp_path):
     pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from tandem_adapters.config import ModelConfig
-    from tandem_adapters.models import build_model, make_trainer
-
     kw = dict(n_embd=32, n_layer=1, n_head=2, vocab_size=16, n_positions=16)
     kw.update(bos_token_id=0, eos_token_id=0)
     transformers.AutoConfig.for_model("gpt2", **kw).save_pretrained(tmp_path)
-    spec = ModelConfig(kind="hf", hf_config=str(tmp_path))
-    model = build_model(spec, backend="torch", vocab_size=16, seq_len=16)
+    b = tc.backend.training_backend("torch")
+    spec = ModelSpec(kind="hf", hf_config=str(tmp_path))
+    model = b.build_model(spec, vocab_size=16, seq_len=16)
     cfg = _cfg(steps=4, log_every=4, dtype="float32", adapt_tau=1.0)
-    trainer = make_trainer("torch", model, cfg, num_domains=3, num_val_domains=1, device="cpu")
-    result = tc.MixtureRun(trainer, toy_sampler(seq_len=16), cfg).run(progress=False)
+    options = b.Options(device="cpu")
+    engine = b.make_engine(model, cfg, num_domains=3, num_val_domains=1, options=options)
+    result = MixtureRun(engine, toy_sampler(seq_len=16), cfg).run(progress=False)
     w = result.metrics[0]["weights"]
     assert 0 <= w["min"] < w["max"] <= 1 and result.weighting["anchor_refreshes"] == 1
 
@@ -316,18 +322,20 @@ def _planted_run(kit, weighting, steps=400):
     from tandem_adapters.data import TokenSampler, make_suite
 
     sampler = TokenSampler(make_suite("planted", seed=0, vocab_size=32), 16, seed=0)
-    gpt = tc.GPTConfig(vocab_size=32, seq_len=16, d_model=32, n_layer=1, n_head=2)
-    cfg = tc.TrainConfig(
-        method="uniform",
-        weighting=weighting,
-        steps=steps,
-        batch_per_domain=8,
-        log_every=100,
-        adapt_refresh=20,
-        eval_max_per_domain=64,
+    gpt = GPTConfig(vocab_size=32, seq_len=16, d_model=32, n_layer=1, n_head=2)
+    cfg = TrainConfig.from_mapping(
+        dict(
+            method="uniform",
+            weighting=weighting,
+            steps=steps,
+            batch_per_domain=8,
+            log_every=100,
+            adapt_refresh=20,
+            eval_max_per_domain=64,
+        )
     )
-    trainer = kit.trainer(kit.model(gpt, init_gpt_params(gpt, 0)), cfg, 5, 1)
-    return tc.MixtureRun(trainer, sampler, cfg).run(progress=False)
+    engine = kit.engine(kit.model(gpt, init_gpt_params(gpt, 0)), cfg, 5, 1)
+    return MixtureRun(engine, sampler, cfg).run(progress=False)
 
 
 # JAX compiles this model shape only here: slow there (the backends agree: test_*_agree)
@@ -371,7 +379,9 @@ def test_torch_compile_weighted_run_matches_eager():
 
     kit, flats = TorchKit(), []
     for compile_ in (False, True):
-        run, trainer = _run(kit, _cfg(steps=8, adapt_refresh=3, compile=compile_))
+        run, trainer = _run(
+            kit, _cfg(steps=8, adapt_refresh=3), engine_kw={"options": {"compile": compile_}}
+        )
         run.run(progress=False)
         flats.append(kit.flat(trainer))
     np.testing.assert_allclose(flats[1], flats[0], rtol=1e-9, atol=1e-12)
@@ -428,6 +438,8 @@ import jax
 jax.config.update("jax_enable_x64", True)
 import numpy as np
 import tandem_core as tc
+from tandem_core.run import MixtureRun
+from tandem_core.run.gpt import init_gpt_params
 from backend_kits import SMALL, JaxKit
 from test_adapt_training import _cfg, _run
 assert len(jax.devices()) == 4, jax.devices()
@@ -436,9 +448,9 @@ for name, devices in (("single", None), ("sharded", jax.devices())):
     kit = JaxKit()
     cfg = _cfg(weighting={weighting!r}, steps=6, adapt_refresh=3)
     sampler = __import__("toy_data").toy_sampler(seq_len=16)
-    model = kit.model(SMALL, tc.gpt.init_gpt_params(SMALL, 0), cfg.dtype)
-    trainer = kit.trainer(model, cfg, 3, 1, devices=devices)
-    result = tc.MixtureRun(trainer, sampler, cfg).run(progress=False)
+    model = kit.model(SMALL, init_gpt_params(SMALL, 0), cfg.dtype)
+    trainer = kit.engine(model, cfg, 3, 1, devices=devices)
+    result = MixtureRun(trainer, sampler, cfg).run(progress=False)
     out[name] = [kit.flat(trainer).tolist(), result.weighting["weight_by_domain"]]
 print("RESULT", json.dumps(out))
 """

@@ -1,4 +1,4 @@
-"""The same tests for both backends' twin trainers (torch and JAX), via tests/backend_kits.py."""
+"""The same tests for both backends' engines (torch and JAX), via tests/backend_kits.py."""
 
 import numpy as np
 import pytest
@@ -6,18 +6,20 @@ from backend_kits import SMALL, toy_config
 from toy_data import PoisonRows, toy_sampler
 
 import tandem_core as tc
-from tandem_core.gpt import gpt_forward_numpy, init_gpt_params, token_losses
+from tandem_core.methods import Signal
+from tandem_core.run import GPTConfig, MixtureRun
+from tandem_core.run.gpt import gpt_forward_numpy, init_gpt_params, token_losses
 
 
 def _cfg(**kw):
     return toy_config(**kw)
 
 
-def _run(kit, cfg, sampler=None, gpt=SMALL, model_kw=None, **trainer_kw):
+def _run(kit, cfg, sampler=None, gpt=SMALL, model_kw=None, **engine_kw):
     sampler = sampler or toy_sampler(seq_len=16)
     model = kit.model(gpt, init_gpt_params(gpt, 0), cfg.dtype, **(model_kw or {}))
-    trainer = kit.trainer(model, cfg, len(sampler.domains), len(sampler.val_domains), **trainer_kw)
-    return tc.MixtureRun(trainer, sampler, cfg), trainer
+    engine = kit.engine(model, cfg, len(sampler.domains), len(sampler.val_domains), **engine_kw)
+    return MixtureRun(engine, sampler, cfg), engine
 
 
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 2e-5)])
@@ -38,49 +40,50 @@ def test_forward_and_loss_match_numpy_reference(kit, dtype, tol):
 
 
 def test_sync_copies_params_and_optimizer_state_without_sharing(kit):
-    run, trainer = _run(kit, _cfg(method="uniform"))
+    run, engine = _run(kit, _cfg(method="uniform"))
     for _ in range(3):
         run.step()  # the proxy's AdamW moments are now non-zero
-    trainer.sync()
-    assert float(trainer.twin_distance()) == 0.0
-    for a, b in zip(kit.opt_moments(trainer, "proxy"), kit.opt_moments(trainer, "reference")):
+    engine.sync()
+    assert kit.distance(engine) == 0.0
+    for a, b in zip(kit.opt_moments(engine, "proxy"), kit.opt_moments(engine, "reference")):
         np.testing.assert_array_equal(a, b)
-    before_params, before_moments = kit.flat(trainer), kit.opt_moments(trainer, "proxy")
-    trainer.free(run.sampler.train_batch(4), run.state.alpha, model="reference")
-    assert float(trainer.twin_distance()) > 0
-    np.testing.assert_array_equal(kit.flat(trainer), before_params)
-    for a, b in zip(kit.opt_moments(trainer, "proxy"), before_moments):
+    before_params, before_moments = kit.flat(engine), kit.opt_moments(engine, "proxy")
+    engine.step(run.sampler.train_batch(4), run.state, model="reference")
+    assert kit.distance(engine) > 0
+    np.testing.assert_array_equal(kit.flat(engine), before_params)
+    for a, b in zip(kit.opt_moments(engine, "proxy"), before_moments):
         np.testing.assert_array_equal(a, b)  # stepping w never moves u's optimizer state
 
 
 def test_probe_step_twins_differ_by_the_validation_gradient(kit):
     # SGD, gamma = 1, same lr, same train batch: w_1 - u_1 = -lr * grad L_val(u_0) exactly
     cfg = _cfg(optimizer="sgd", lr=0.05, grad_clip=None, dtype="float64", probe_steps=1)
-    run, trainer = _run(kit, cfg)
+    run, engine = _run(kit, cfg)
     sampler = run.sampler
-    trainer.sync()
+    engine.sync()
     train, val = sampler.train_batch(4), sampler.val_batch(6)
-    _, g_val = kit.grads(trainer, train, val, 3, 1)
-    trainer.probe(train, val, run.state.alpha)
+    _, g_val = kit.grads(engine, train, val, 3, 1)
+    engine.probe(train, val, run.state.alpha, gamma=1.0)
     np.testing.assert_allclose(
-        kit.flat(trainer, "reference") - kit.flat(trainer), -0.05 * g_val, atol=1e-12
+        kit.flat(engine, "reference") - kit.flat(engine), -0.05 * g_val, atol=1e-12
     )
 
 
 @pytest.mark.parametrize("eta", [1e-2, 1e-3])
-def test_delta_relates_to_doge_alignment(kit, eta):
-    # K = 1, SGD, gamma = 1: Delta_m = -eta <grad L^m_train, grad L_val> + O(eta^2) (SPEC 1.3)
+def test_delta_relates_to_gradient_alignment(kit, eta):
+    # K = 1, SGD, gamma = 1: Delta_m = -eta <grad L^m_train, grad L_val> + O(eta^2)
+    # (docs/methods.md, TANDEM: the relation to DoGE)
     cfg = _cfg(
         optimizer="sgd", lr=eta, grad_clip=None, dtype="float64", probe_steps=1, eval_per_domain=4
     )
-    run, trainer = _run(kit, cfg)
+    run, engine = _run(kit, cfg)
     sampler = run.sampler
     train, val, ev = sampler.train_batch(4), sampler.val_batch(6), sampler.eval_batch(4)
-    g_dom, _ = kit.grads(trainer, ev, val, 3, 1)  # per-domain gradients on the evaluation batch
-    _, g_val = kit.grads(trainer, train, val, 3, 1)
-    trainer.sync()
-    trainer.probe(train, val, run.state.alpha)
-    _, info = trainer.twin_update(ev, run.state, run.transform.update)
+    g_dom, _ = kit.grads(engine, ev, val, 3, 1)  # per-domain gradients on the evaluation batch
+    _, g_val = kit.grads(engine, train, val, 3, 1)
+    engine.sync()
+    engine.probe(train, val, run.state.alpha, gamma=1.0)
+    _, info = engine.measure(Signal.TWIN, ev, run.state, run.transform.update)
     delta = np.asarray(info["delta"])
     predicted = -eta * g_dom @ g_val
     rel = np.abs(delta - predicted).max() / np.abs(predicted).max()
@@ -98,12 +101,12 @@ def test_large_gamma_twins_track_and_delta_shrinks(kit):
             dtype="float64",
             probe_steps=2,
         )
-        run, trainer = _run(kit, cfg)
+        run, engine = _run(kit, cfg)
         s = run.sampler
-        trainer.sync()
+        engine.sync()
         for _ in range(2):
-            trainer.probe(s.train_batch(4), s.val_batch(6), run.state.alpha)
-        _, info = trainer.twin_update(s.eval_batch(4), run.state, run.transform.update)
+            engine.probe(s.train_batch(4), s.val_batch(6), run.state.alpha, gamma=gamma)
+        _, info = engine.measure(Signal.TWIN, s.eval_batch(4), run.state, run.transform.update)
         return np.abs(np.asarray(info["delta"])).max(), float(info["twin_distance"])
 
     (d10, dist10), (d100, dist100) = delta_at(10.0), delta_at(100.0)
@@ -145,13 +148,13 @@ def test_baselines_run_through_the_same_loop(kit, method):
 def test_sampling_in_proportion_to_alpha(kit):
     result = _run(kit, _cfg(sampling="sample", steps=15))[0].run(progress=False)
     assert result.steps == 15 and np.isfinite(result.last).all()
-    with pytest.raises(tc.ConfigError, match="doge.*sampling='reweight'"):
+    with pytest.raises(tc.ConfigError, match="alignment: it needs sampling='reweight'"):
         _run(kit, _cfg(method="doge", sampling="sample"))
 
 
 def test_fused_twins_equal_sequential(kit):
     results = [
-        _run(kit, _cfg(fuse_twins=fuse, dtype="float64"))[0].run(progress=False)
+        _run(kit, _cfg(dtype="float64"), options={"fuse_twins": fuse})[0].run(progress=False)
         for fuse in (False, True)
     ]
     np.testing.assert_allclose(results[0].trajectory, results[1].trajectory, rtol=1e-9)
@@ -160,19 +163,19 @@ def test_fused_twins_equal_sequential(kit):
 @pytest.mark.parametrize("policy", ["skip", "zero"])
 def test_nan_loss_skips_the_step_and_alpha_stays_finite(kit, policy):
     sampler = PoisonRows(toy_sampler(seq_len=16), 99, calls={2, 9})
-    vocab = tc.GPTConfig(vocab_size=100, seq_len=16, d_model=32, n_layer=1, n_head=2)
-    run, trainer = _run(kit, _cfg(steps=20, nonfinite=policy), sampler, vocab, {"poison": 99})
+    vocab = GPTConfig(vocab_size=100, seq_len=16, d_model=32, n_layer=1, n_head=2)
+    run, engine = _run(kit, _cfg(steps=20, nonfinite=policy), sampler, vocab, {"poison": 99})
     run.sampler.vocab_size = 100
     unchanged = []
     while not run.done:  # skip: the proxy stays exactly as it was (AdamW has momentum)
-        before, count = kit.flat(trainer), int(trainer.counters()["nonfinite"])
+        before, count = kit.flat(engine), int(engine.counters()["nonfinite"])
         run.step()
-        if int(trainer.counters()["nonfinite"]) > count:
-            unchanged.append(np.array_equal(kit.flat(trainer), before))
+        if int(engine.counters()["nonfinite"]) > count:
+            unchanged.append(np.array_equal(kit.flat(engine), before))
     # zero: the gradient only is zeroed, so momentum and weight decay still move the proxy
     assert unchanged == ([True, True] if policy == "skip" else [False, False])
     result = run.run(progress=False)
-    assert np.isfinite(kit.flat(trainer)).all() and np.isfinite(result.trajectory).all()
+    assert np.isfinite(kit.flat(engine)).all() and np.isfinite(result.trajectory).all()
     last = result.metrics[-1]
     assert last["nonfinite"] == 2 and last["first_nonfinite"] == 2
     if policy == "zero":
@@ -234,7 +237,7 @@ def test_no_host_sync_inside_the_loop(kit, method):
     for _ in range(3):
         run.step()  # compile / warm up outside the guard
     with kit.no_host_sync():
-        for _ in range(2 * cfg.schedule.length):  # two full episodes: sync, probe, update, free
+        for _ in range(14):  # two whole toy episodes (K=2, E=3: sync, probes, update, frees)
             run.step()
     run.log()  # reading statistics is what logging steps are for
 
@@ -246,7 +249,7 @@ def test_torch_compile_run_matches_eager():
 
     kit = TorchKit()
     results = [
-        _run(kit, _cfg(steps=12, compile=c, dtype="float64"))[0].run(progress=False)
+        _run(kit, _cfg(steps=12, dtype="float64"), options={"compile": c})[0].run(progress=False)
         for c in (False, True)
     ]
     np.testing.assert_allclose(results[0].trajectory, results[1].trajectory, rtol=1e-9)
@@ -265,11 +268,11 @@ def test_uncopyable_optimizer_fails_clearly_at_sync():
             return super().step(closure)
 
     kit = TorchKit()
-    run, trainer = _run(kit, _cfg(), optimizer=lambda params, lr: LockedSGD(params, lr=lr))
+    run, engine = _run(kit, _cfg(), optimizer=lambda params, lr: LockedSGD(params, lr=lr))
     run.step()  # sync of fresh (empty) states works
     run.step()
     with pytest.raises(TypeError, match="LockedSGD cannot be copied for twin synchronisation"):
-        trainer.sync()
+        engine.sync()
 
 
 @pytest.mark.parametrize("method", ["tandem", "doremi", "uniform"])

@@ -275,7 +275,7 @@ def test_disk_full_while_checkpointing_keeps_the_last_good_checkpoint(tmp_path, 
 
 @pytest.mark.dist
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["train.fsdp=true", "run.checkpoint_every=10"]])
+@pytest.mark.parametrize("extra", [[], ["backend.fsdp=true", "run.checkpoint_every=10"]])
 def test_nproc_two_matches_one_process(tmp_path, extra):
     pytest.importorskip("torch")
     one, two = tmp_path / "one", tmp_path / "two"

@@ -6,7 +6,8 @@ from backend_kits import SMALL, JaxKit, TorchKit, toy_config
 from toy_data import toy_sampler
 
 import tandem_core as tc
-from tandem_core.gpt import init_gpt_params
+from tandem_core.run import MixtureRun
+from tandem_core.run.gpt import init_gpt_params
 
 pytestmark = pytest.mark.cross
 pytest.importorskip("torch")
@@ -24,8 +25,8 @@ def _runs(cfg, seed=0):
     out = []
     for kit in KITS:
         sampler = toy_sampler(seq_len=16, seed=seed)
-        trainer = kit.trainer(kit.model(SMALL, params, cfg.dtype), cfg, 3, 1)
-        out.append((kit, tc.MixtureRun(trainer, sampler, cfg), trainer))
+        engine = kit.engine(kit.model(SMALL, params, cfg.dtype), cfg, 3, 1)
+        out.append((kit, MixtureRun(engine, sampler, cfg), engine))
     return out
 
 
@@ -52,10 +53,10 @@ def test_one_full_episode_agrees(optimizer, lr):
     )
     runs = _runs(cfg)
     infos = []
-    for kit, run, trainer in runs:
-        for _ in range(cfg.schedule.length):  # SYNC, K probes, UPDATE, E free steps
+    for kit, run, engine in runs:
+        for _ in range(run.schedule.length):  # SYNC, K probes, UPDATE, E free steps
             run.step()
-        infos.append((run.state, run._info, kit.flat(trainer), kit.flat(trainer, "reference")))
+        infos.append((run.state, run._info, kit.flat(engine), kit.flat(engine, "reference")))
     (st, it, ut, wt), (sj, ij, uj, wj) = infos
     np.testing.assert_allclose(np.asarray(it["delta"]), np.asarray(ij["delta"]), atol=1e-5)
     np.testing.assert_allclose(np.asarray(st.alpha), np.asarray(sj.alpha), atol=1e-5)

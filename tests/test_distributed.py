@@ -13,7 +13,8 @@ from backend_kits import toy_config
 from toy_data import PoisonRows, toy_sampler
 
 import tandem_core as tc
-from tandem_core.gpt import GPTConfig, init_gpt_params
+from tandem_core.run import MixtureRun
+from tandem_core.run.gpt import GPTConfig, init_gpt_params
 
 pytestmark = pytest.mark.dist
 SMALL = GPTConfig(vocab_size=16, seq_len=16, d_model=32, n_layer=1, n_head=2)
@@ -25,29 +26,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+BACKEND_KEYS = ("fsdp",)  # [backend] options among the test parameters
+
+
 def _cfg(**kw):
+    kw = {k: v for k, v in kw.items() if k not in BACKEND_KEYS}
     return toy_config(**{"steps": 16, "log_every": 4, "free_steps": 2, "dtype": "float64", **kw})
 
 
-def _torch_run(cfg, poison_calls=()):
+def _options(**kw):
+    return {k: v for k, v in kw.items() if k in BACKEND_KEYS}
+
+
+def _torch_run(cfg, poison_calls=(), options=None):
     """A float64 run on the toy data; ``poison_calls``: train batches whose row 0 makes a NaN."""
     from backend_kits import TorchKit
-
-    from tandem_torch import TwinTrainer
 
     sampler, gpt, poison = toy_sampler(seq_len=16), SMALL, None
     if poison_calls:  # token 99 is outside the data's vocabulary: only row 0 of those batches
         gpt, poison = GPTConfig(vocab_size=100, seq_len=16, d_model=32, n_layer=1, n_head=2), 99
         sampler = PoisonRows(sampler, poison, calls=poison_calls)
         sampler.vocab_size = 100
-    trainer = TwinTrainer(
-        TorchKit().model(gpt, init_gpt_params(gpt, 0), "float64", poison=poison),
-        cfg,
-        3,
-        num_val_domains=1,
-        device="cpu",
-    )
-    return tc.MixtureRun(trainer, sampler, cfg), trainer
+    kit = TorchKit()
+    model = kit.model(gpt, init_gpt_params(gpt, 0), "float64", poison=poison)
+    engine = kit.engine(model, cfg, 3, 1, options=options)
+    return MixtureRun(engine, sampler, cfg), engine
 
 
 def _rank_main(rank, world, port, out, cfg_kw, poison_calls=(), resume_dir=None):
@@ -70,7 +73,7 @@ def _rank_main(rank, world, port, out, cfg_kw, poison_calls=(), resume_dir=None)
         local = tc.domain_stats(torch.as_tensor(values), torch.as_tensor(ids), 3)
         reduced = tc.all_reduce_stats(local, all_reduce_sum)
         # 2. a run: alpha hashes compared on every update
-        run, trainer = _torch_run(_cfg(**cfg_kw), poison_calls)
+        run, engine = _torch_run(_cfg(**cfg_kw), poison_calls, _options(**cfg_kw))
         hashes = []
         while not run.done:
             before = len(run.trajectory)
@@ -82,16 +85,16 @@ def _rank_main(rank, world, port, out, cfg_kw, poison_calls=(), resume_dir=None)
                 hashes.append(len(set(gathered)) == 1)
         if resume_dir:  # a checkpoint mid-run, through the file format, resumed by a fresh run
             path = os.path.join(resume_dir, f"ckpt{rank}.npz")
-            fresh, _ = _torch_run(_cfg(**cfg_kw), poison_calls)
+            fresh, _ = _torch_run(_cfg(**cfg_kw), poison_calls, _options(**cfg_kw))
             while fresh.proxy_step < 7:
                 fresh.step()
             tc.save_state(path, fresh.state_dict())
-            resumed, _ = _torch_run(_cfg(**cfg_kw), poison_calls)
+            resumed, _ = _torch_run(_cfg(**cfg_kw), poison_calls, _options(**cfg_kw))
             resumed.load_state_dict(tc.load_state(path))
             resumed_trajectory = resumed.run(progress=False).trajectory
         result = run.run(progress=False)
-        trainer._reshard()
-        params = [full(p.detach()).reshape(-1) for p in trainer.proxy.parameters()]
+        engine.twins.reshard()
+        params = [full(p.detach()).reshape(-1) for p in engine.twins.proxy.parameters()]
         params = torch.cat(params)
         gathered = [None] * world
         dist.all_gather_object(gathered, hashlib.sha256(params.numpy().tobytes()).hexdigest())
@@ -171,7 +174,7 @@ def test_two_ranks_other_methods(tmp_path, kw):
     pytest.importorskip("torch")
     got = _spawn(tmp_path, **kw)
     assert got["identical"].all()
-    single = _torch_run(_cfg(**kw))[0].run(progress=False)
+    single = _torch_run(_cfg(**kw), options=_options(**kw))[0].run(progress=False)
     np.testing.assert_allclose(got["trajectory"], single.trajectory, rtol=1e-9)
 
 
@@ -183,21 +186,23 @@ JAX_SCRIPT = textwrap.dedent(
     jax.config.update("jax_enable_x64", True)
     import numpy as np
     import tandem_core as tc
-    from tandem_core.gpt import GPTConfig, init_gpt_params
-    from tandem_jax import TinyGPT, TwinTrainer
+    from tandem_core.run import MixtureRun, TrainConfig
+    from tandem_core.run.gpt import GPTConfig, init_gpt_params
+    from tandem_jax import JaxEngine, TinyGPT
     from toy_data import PoisonRows, toy_sampler
     assert len(jax.devices()) == 4, jax.devices()
     gpt = GPTConfig(vocab_size=16, seq_len=16, d_model=32, n_layer=1, n_head=2)
     out = {{}}
     for name, devices in (("single", None), ("sharded", jax.devices())):
-        cfg = tc.TrainConfig(steps=16, batch_per_domain=4, val_batch_size=8, eval_per_domain=4,
-                             log_every=4, probe_steps=2, free_steps=2, dtype="float64")
+        cfg = TrainConfig.from_mapping(dict(
+            steps=16, batch_per_domain=4, val_batch_size=8, eval_per_domain=4,
+            log_every=4, probe_steps=2, free_steps=2, dtype="float64"))
         model = TinyGPT.create(gpt, init_gpt_params(gpt, 0), dtype="float64")
-        trainer = TwinTrainer(model, cfg, 3, num_val_domains=1, devices=devices)
-        result = tc.MixtureRun(trainer, toy_sampler(seq_len=16), cfg).run(progress=False)
+        engine = JaxEngine(model, cfg, 3, num_val_domains=1, devices=devices)
+        result = MixtureRun(engine, toy_sampler(seq_len=16), cfg).run(progress=False)
         out[name] = result.trajectory.tolist()
         if devices:
-            batch = trainer._device_batch(toy_sampler(seq_len=16).train_batch(4))
+            batch = engine.batch(toy_sampler(seq_len=16).train_batch(4))
             out["sharding"] = str(batch["tokens"].sharding)
     print("RESULT", json.dumps(out))
     """

@@ -86,7 +86,8 @@ def test_tandem_gamma_scales_step():
 
 
 def test_doremi_three_domains_by_hand(xp):
-    # SPEC 5: s_m = mean clipped excess; log a' = log a + eta s; a = (1 - c) a' + c / M
+    # docs/methods.md, "DoReMi: Update": s_m = mean clipped excess; log a' = log a + eta s;
+    # a = (1 - c) a' + c / M
     t = tc.doremi(eta=1.0, smoothing=1e-3)
     proxy = asarray(xp, [[2.0, 3.0], [1.0, 1.0], [4.0, 4.0]])
     ref = asarray(xp, [[1.5, 3.5], [2.0, 2.0], [3.0, 3.4]])

@@ -5,10 +5,12 @@ import pytest
 from toy_data import toy_sampler
 
 import tandem_core as tc
-from tandem_adapters.config import ModelConfig
-from tandem_adapters.models import adapter_for, build_model, make_trainer
-from tandem_core.config import ConfigError
-from tandem_core.gpt import GPTConfig, gpt_forward_numpy, init_gpt_params
+from tandem_adapters.models import adapter_for, build_model
+from tandem_core import ConfigError
+from tandem_core.backend import training_backend
+from tandem_core.run import MixtureRun, TrainConfig
+from tandem_core.run import ModelSpec as ModelConfig
+from tandem_core.run.gpt import GPTConfig, gpt_forward_numpy, init_gpt_params
 
 V, T = 16, 16
 
@@ -38,15 +40,21 @@ def reference_losses(logits, labels):
 
 def cfg(**kw):
     base = dict(steps=8, batch_per_domain=3, val_batch_size=6, eval_per_domain=3, log_every=4)
-    return tc.TrainConfig(**{**base, "probe_steps": 2, "free_steps": 2, **kw})
+    if kw.get("method", "tandem") == "tandem":
+        base.update(probe_steps=2, free_steps=2)
+    return TrainConfig.from_mapping({**base, **kw})
 
 
-def short_run(backend, model, config):
-    sampler = toy_sampler(seq_len=T)
-    trainer = make_trainer(
-        backend, model, config, num_domains=len(sampler.domains), num_val_domains=1
+def make_engine(backend, model, config, **options):
+    b = training_backend(backend)
+    return b.make_engine(
+        model, config, num_domains=3, num_val_domains=1, options=b.Options(**options)
     )
-    return tc.MixtureRun(trainer, sampler, config).run(False)
+
+
+def short_run(backend, model, config, **options):
+    sampler = toy_sampler(seq_len=T)
+    return MixtureRun(make_engine(backend, model, config, **options), sampler, config).run(False)
 
 
 # ---------------------------------------------------------------- torch
@@ -70,15 +78,18 @@ def test_torch_factory_builds_seeded_modules_that_train(torch, name, hidden):
     np.testing.assert_allclose(
         loss.detach().numpy(), reference_losses(logits.detach(), b["labels"]), rtol=1e-5
     )
-    result = short_run("torch", model, cfg(fuse_twins=True))
+    result = short_run("torch", model, cfg(), fuse_twins=True)
     assert result.steps == 8 and np.isfinite(result.average).all()
 
 
 def test_vmapped_runs_refuse_dropout_early(torch):
     model = build("torch_dropout")
-    for config, key in ((cfg(fuse_twins=True), "fuse_twins"), (cfg(method="doge"), "doge")):
+    for config, options, key in (
+        (cfg(), {"fuse_twins": True}, "fuse_twins"),
+        (cfg(method="doge"), {}, "alignment"),
+    ):
         with pytest.raises(ConfigError, match=f"{key}.*dropout \\(1: p=0.2\\)"):
-            make_trainer("torch", model, config, num_domains=3, num_val_domains=1)
+            make_engine("torch", model, config, **options)
     assert short_run("torch", model, cfg()).steps == 8  # sequential twins: allowed
 
 
@@ -143,14 +154,14 @@ def jax():
 
 
 def test_jax_logits_only_module_is_wrapped_and_runs(jax):
-    from tandem_adapters.models._equinox import LogitsOnly
+    from tandem_jax.modules import LogitsOnly
 
     model = build("eqx_logits", backend="jax")
     assert isinstance(model, LogitsOnly)
     logits, hidden = model(jax.numpy.zeros((2, T), dtype=jax.numpy.int32))
     assert logits.shape == (2, T, V) and hidden is None
     assert not isinstance(build("eqx_hidden", backend="jax"), LogitsOnly)
-    result = short_run("jax", model, cfg(fuse_twins=True))
+    result = short_run("jax", model, cfg(), fuse_twins=True)
     assert result.steps == 8 and np.isfinite(result.average).all()
     assert not np.allclose(result.average, 1 / 3)
 
@@ -214,5 +225,5 @@ def test_adapter_for_every_source(backend, source, small):
 
 
 def test_adapter_rejects_non_models():
-    with pytest.raises(ConfigError, match="not a model of backend torch or jax"):
+    with pytest.raises(ConfigError, match="not a model of backend any installed backend"):
         adapter_for(object())

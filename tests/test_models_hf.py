@@ -15,10 +15,15 @@ from toy_data import toy_sampler  # noqa: E402
 import tandem_core as tc  # noqa: E402
 from tandem_adapters import jobs  # noqa: E402
 from tandem_adapters.cli import main  # noqa: E402
-from tandem_adapters.config import JobConfig, ModelConfig  # noqa: E402
-from tandem_adapters.models import adapter_for, build_model, make_trainer  # noqa: E402
-from tandem_core.config import ConfigError  # noqa: E402
+from tandem_adapters.config import JobConfig  # noqa: E402
+from tandem_adapters.models import adapter_for, build_model  # noqa: E402
+from tandem_core import ConfigError  # noqa: E402
+from tandem_core.backend import training_backend  # noqa: E402
+from tandem_core.run import MixtureRun, TrainConfig  # noqa: E402
+from tandem_core.run import ModelSpec as ModelConfig  # noqa: E402
 from tandem_torch import logits_and_hidden  # noqa: E402
+
+BACKEND = training_backend("torch")
 
 ARCHS = {
     "gpt2": dict(n_embd=32, n_layer=2, n_head=2, vocab_size=64, n_positions=16),
@@ -52,14 +57,21 @@ def hf(path, key="hf_config", seed=0, *, vocab_size=16, seq_len=16, backend="tor
 
 def train_cfg(**kw):
     base = dict(steps=12, batch_per_domain=3, val_batch_size=6, eval_per_domain=3, log_every=4)
-    return tc.TrainConfig(**{**base, "probe_steps": 2, "free_steps": 2, **kw})
+    if kw.get("method", "tandem") == "tandem":
+        base.update(probe_steps=2, free_steps=2)
+    return TrainConfig.from_mapping({**base, **kw})
 
 
-def mixture_run(model, cfg, sampler=None):
+def make_engine(model, cfg, m=3, v=1, **options):
+    options = BACKEND.Options(**{"device": "cpu", **options})
+    return BACKEND.make_engine(model, cfg, num_domains=m, num_val_domains=v, options=options)
+
+
+def mixture_run(model, cfg, sampler=None, **options):
     sampler = sampler or toy_sampler(seq_len=16)
     m, v = len(sampler.domains), len(sampler.val_domains)
-    trainer = make_trainer("torch", model, cfg, num_domains=m, num_val_domains=v, device="cpu")
-    return tc.MixtureRun(trainer, sampler, cfg), trainer
+    engine = make_engine(model, cfg, m, v, **options)
+    return MixtureRun(engine, sampler, cfg), engine
 
 
 def test_forward_loss_and_hidden_states(arch_config):
@@ -120,16 +132,17 @@ def test_from_pretrained_loads_the_saved_weights(tmp_path):
 def test_every_method_runs_through_mixture_run(arch_config, method, extra):
     model = hf(arch_config[1])
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    run, trainer = mixture_run(model, train_cfg(method=method, **extra))
+    options = {k: extra.pop(k) for k in list(extra) if k == "fuse_twins"}
+    run, engine = mixture_run(model, train_cfg(method=method, **extra), **options)
     result = run.run(False)
     assert result.steps == 12 and np.isfinite(result.average).all()
     np.testing.assert_allclose(result.average.sum(), 1.0, rtol=1e-5)
     assert (result.average >= 0).all() and np.isfinite(result.val_losses).all()
-    moved = [not torch.equal(before[k], v) for k, v in trainer.proxy.named_parameters()]
+    moved = [not torch.equal(before[k], v) for k, v in engine.twins.proxy.named_parameters()]
     assert all(moved)
     if method != "uniform":
         assert not np.allclose(result.average, 1 / 3)
-    vmapped = extra.get("fuse_twins") or method == "doge"
+    vmapped = options.get("fuse_twins") or method == "doge"
     assert model.config._attn_implementation == ("eager" if vmapped else "sdpa")
 
 
@@ -140,20 +153,20 @@ def test_fused_twins_equal_sequential_in_float64(arch_config):
     for fuse in (False, True):
         model = hf(arch_config[1])
         model.set_attn_implementation("eager")
-        run, trainer = mixture_run(model, train_cfg(dtype="float64", fuse_twins=fuse))
-        runs[fuse] = (run.run(False), trainer)
+        run, engine = mixture_run(model, train_cfg(dtype="float64"), fuse_twins=fuse)
+        runs[fuse] = (run.run(False), engine)
     (seq, t_seq), (fused, t_fused) = runs[False], runs[True]
     np.testing.assert_allclose(fused.trajectory, seq.trajectory, rtol=1e-9, atol=1e-12)
-    for a, b in zip(t_seq.reference.parameters(), t_fused.reference.parameters()):
+    for a, b in zip(t_seq.twins.reference.parameters(), t_fused.twins.reference.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
-def test_doge_domain_gradients_match_plain_autograd(tmp_path):
+def test_domain_gradients_match_plain_autograd(tmp_path):
     from tandem_torch.grads import domain_gradients
 
     model = hf(write_config(tmp_path / "g"), vocab_size=16)  # GPT-2: tied embeddings
-    doge = train_cfg(method="doge", dtype="float64")  # the trainer casts the model
-    make_trainer("torch", model, doge, num_domains=3, num_val_domains=1, device="cpu")
+    doge = train_cfg(method="doge", dtype="float64")  # the engine casts the model
+    make_engine(model, doge)
     assert model.config._attn_implementation == "eager"
     batch = toy_sampler(seq_len=16).train_batch(2)
     batch = {k: torch.as_tensor(v) for k, v in batch.items()}
@@ -170,13 +183,13 @@ def test_doge_domain_gradients_match_plain_autograd(tmp_path):
 def test_vmapped_paths_fail_early_when_attention_cannot_switch(tmp_path, monkeypatch):
     model = hf(write_config(tmp_path / "g"))
     monkeypatch.setattr(type(model), "set_attn_implementation", lambda self, impl: None)
-    for cfg, key in (
-        (train_cfg(fuse_twins=True), "fuse_twins"),
-        (train_cfg(method="doge"), "doge"),
+    for cfg, options, key in (
+        (train_cfg(), {"fuse_twins": True}, "fuse_twins"),
+        (train_cfg(method="doge"), {}, "alignment"),
     ):
         with pytest.raises(ConfigError, match=key):
-            make_trainer("torch", model, cfg, num_domains=3, num_val_domains=1)
-    make_trainer("torch", model, train_cfg(), num_domains=3, num_val_domains=1)  # sequential: fine
+            make_engine(model, cfg, **options)
+    make_engine(model, train_cfg())  # sequential: fine
 
 
 def test_validation_errors_name_the_keys(tmp_path):
@@ -188,7 +201,8 @@ def test_validation_errors_name_the_keys(tmp_path):
     llama = write_config(tmp_path / "llama", "llama")
     with pytest.raises(ConfigError, match=r"max_position_embeddings=16 .*data.seq_len=17"):
         hf(llama, seq_len=17)
-    with pytest.raises(ConfigError, match=r"runs on the torch backend only.*jax"):
+    pytest.importorskip("jax")
+    with pytest.raises(ConfigError, match=r"model.kind='hf'.*run.backend='torch'"):
         hf(good, backend="jax")
     with pytest.raises(ConfigError, match="model.hf_config=.*no such file"):
         hf(str(tmp_path / "missing"))
@@ -200,9 +214,8 @@ def test_validation_errors_name_the_keys(tmp_path):
         hf(str(tmp_path / "bad.json"))
     with pytest.raises(ConfigError, match="model.hf_path=.*cannot build the model"):
         hf(good, key="hf_path")  # a config without weights
-    spec = ModelConfig(kind="hf", hf_config=good, hf_path=good)
     with pytest.raises(ConfigError, match="exclusive"):
-        build_model(spec, backend="torch", vocab_size=16, seq_len=16)
+        ModelConfig(kind="hf", hf_config=good, hf_path=good)
 
 
 def test_a_config_file_works_as_well_as_its_folder(tmp_path):
@@ -276,7 +289,7 @@ def test_torch_compile_matches_eager_on_an_hf_model(tmp_path):
     # dynamo reads .grad of fake non-leaf tensors while tracing transformers' GPT-2 (torch 2.13)
     path = write_config(tmp_path / "g")
     results = [
-        mixture_run(hf(path), train_cfg(steps=6, compile=c, dtype="float64"))[0].run(False)
+        mixture_run(hf(path), train_cfg(steps=6, dtype="float64"), compile=c)[0].run(False)
         for c in (False, True)
     ]
     np.testing.assert_allclose(results[1].trajectory, results[0].trajectory, rtol=1e-9)

@@ -1,4 +1,4 @@
-"""TaskPGM (SPEC 3): divergences, affinities, utilities, simplex solvers, greedy budget."""
+"""TaskPGM (docs/methods.md): divergences, affinities, utilities, simplex solvers, greedy budget."""
 
 import itertools
 import math
@@ -42,7 +42,7 @@ def pairwise_reference(logits, mask, top_k=None):
 
 
 def random_problem(rng, n):
-    """Random symmetric S in [0, 1] (unit diagonal), standardised u, lam from the SPEC sweep."""
+    """Random symmetric S in [0, 1] (unit diagonal), standardised u, lam in {0.1, 0.5, 1, 2}."""
     S = rng.uniform(0.0, 1.0, (n, n))
     S = 0.5 * (S + S.T)
     np.fill_diagonal(S, 1.0)
@@ -66,7 +66,7 @@ def slsqp(fun, n, p0=None, lower=0.0):
 
 
 def drop_negatives_only(A, u):
-    """SPEC's phase 1 alone: closed form, drop negatives, re-solve (not always optimal)."""
+    """Active-set phase 1 alone: closed form, drop negatives, re-solve (not always optimal)."""
     free = np.ones(len(u), bool)
     while True:
         idx = np.flatnonzero(free)
@@ -277,7 +277,8 @@ def test_energy(xp, rng):
     assert_close(jit(xp, tp.energy)(asarray(xp, p), asarray(xp, u), asarray(xp, A)), want, xp=xp)
     ent = want + 0.1 * np.sum(p * np.log(p), axis=1)
     assert_close(tp.energy(asarray(xp, p), asarray(xp, u), asarray(xp, A), tau_e=0.1), ent, xp=xp)
-    # the energy is -u.p + lam/2 sum_{i!=j} S_ij p_i p_j + mu/2 sum p_i^2 (SPEC 3.3 step 4)
+    # the energy is -u.p + lam/2 sum_{i!=j} S_ij p_i p_j + mu/2 sum p_i^2
+    # (docs/methods.md, "TaskPGM: Steps", step 4)
     q = p[0]
     off = S - np.diag(np.diag(S))
     mu = tp.default_mu(S, lam)
@@ -340,14 +341,14 @@ def test_mean_field_fixed_point_and_objective(rng):
         u, S, lam = random_problem(rng, n)
         A = tp.interaction_matrix(S, lam=lam)
         p = tp.solve_mixture(u, S, lam=lam, method="mean_field", tau_e=tau)
-        z = (u - A @ p) / tau  # SPEC: p_i ∝ exp((u_i - lam sum_{j != i} S_ij p_j - mu p_i)/tau)
+        z = (u - A @ p) / tau  # p_i ∝ exp((u_i - lam sum_{j != i} S_ij p_j - mu p_i)/tau)
         np.testing.assert_allclose(p, softmax(z), atol=1e-9)
         assert np.all(p > 0) and p.sum() == pytest.approx(1.0, abs=1e-14)
         fun = quadratic(u, A, tau)
         ref = slsqp(fun, n, lower=1e-15)
         assert fun(p) <= fun(ref) + 1e-9
         np.testing.assert_allclose(p, ref, atol=1e-4)
-    # the SPEC's exact formula (no ridge): mu = 0
+    # the documented mean-field exponent without ridge: mu = 0
     u, S, lam = random_problem(rng, 4)
     p = tp.solve_mixture(u, S, lam=lam, mu=0.0, method="mean_field", tau_e=0.5)
     off = S - np.eye(4)

@@ -1,4 +1,4 @@
-"""TaskPGM as a job (SPEC 3): fine-tunes, probe pass, mixture files, CLI, both backends."""
+"""TaskPGM as a job (docs/methods.md): fine-tunes, probe pass, mixture files, CLI, both backends."""
 
 import json
 import math

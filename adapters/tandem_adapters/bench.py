@@ -1,9 +1,10 @@
 """Backend comparison: the same TANDEM task on JAX (jit), torch eager and ``torch.compile``.
 
-Used by ``tandem bench`` and ``benchmarks/speed.py``. Every engine gets the same job
-configuration (model, data, seed, batch sizes; ``sampling="reweight"``: fixed per-domain
-sub-batches, so the compute does not depend on the mixture values), runs whole episodes through
-``tandem_core.MixtureRun`` (host sampling, driver, device steps), and is timed in interleaved
+Used by ``tandem bench`` and ``benchmarks/speed.py``. An engine is a backend with options (the
+``[backend]`` table); every engine gets the same job configuration (model, data, seed, batch
+sizes; ``sampling="reweight"``: fixed per-domain sub-batches, so the compute does not depend on
+the mixture values), runs whole episodes through ``tandem_core.run.MixtureRun`` (host sampling,
+the loop, device steps), and is timed in interleaved
 rounds. Compile time (the first two episodes minus two steady ones) is reported apart from the
 steady state. Peak memory is measured in a fresh process per engine.
 """
@@ -22,6 +23,8 @@ from typing import Any
 import numpy as np
 
 import tandem_core as tc
+from tandem_core.backend import training_backend
+from tandem_core.run import MixtureRun
 
 from .config import JobConfig
 
@@ -37,7 +40,7 @@ __all__ = [
     "time_blocks",
 ]
 
-# engine name -> (backend, train overrides)
+# engine name -> (backend, [backend] option overrides)
 ENGINES: dict[str, tuple[str, dict[str, Any]]] = {
     "jax": ("jax", {}),
     "torch": ("torch", {}),
@@ -53,11 +56,12 @@ def engine_config(cfg: JobConfig, engine: str) -> JobConfig:
     if engine not in ENGINES:
         raise tc.ConfigError(f"unknown engine {engine!r}; choose from {sorted(ENGINES)}")
     backend, overrides = ENGINES[engine]
-    train = {"log_every": NO_LOGGING, "eval_every": 0, "steps": NO_LOGGING, **overrides}
-    return cfg.replace(run={"backend": backend, "progress": False}, train=train)
+    train = {"log_every": NO_LOGGING, "eval_every": 0, "steps": NO_LOGGING}
+    cfg = cfg.replace(run={"backend": backend, "progress": False}, train=train)
+    return cfg.replace(backend=overrides) if overrides else cfg
 
 
-def build(cfg: JobConfig, engine: str, corpus: Any = None) -> tc.MixtureRun:
+def build(cfg: JobConfig, engine: str, corpus: Any = None) -> MixtureRun:
     """A ``MixtureRun`` of ``cfg`` on ``engine`` (one of ``ENGINES``)."""
     from .jobs import build_run, load_corpus
 
@@ -65,28 +69,20 @@ def build(cfg: JobConfig, engine: str, corpus: Any = None) -> tc.MixtureRun:
     return build_run(cfg, corpus if corpus is not None else load_corpus(cfg.data))
 
 
-def block(run: tc.MixtureRun) -> None:
+def block(run: MixtureRun, backend: str) -> None:
     """Wait until the device has finished every queued step of ``run`` (no-op on eager CPU)."""
-    engine = run.engine
-    if hasattr(engine, "pu"):  # JAX: asynchronous dispatch
-        import jax
-
-        jax.block_until_ready((engine.pu, engine.pw, engine.counters_, run.state))
-    elif getattr(getattr(engine, "device", None), "type", "cpu") == "cuda":
-        import torch
-
-        torch.cuda.synchronize(engine.device)
+    training_backend(backend).block((run.state, run.engine.twins))
 
 
-def time_blocks(run: tc.MixtureRun, blocks: int) -> tuple[float, int]:
+def time_blocks(run: MixtureRun, blocks: int, backend: str) -> tuple[float, int]:
     """Seconds and proxy steps of ``blocks`` schedule periods (whole TANDEM episodes)."""
     ticks = blocks * run.schedule.length
     before = run.proxy_step
-    block(run)
+    block(run, backend)
     start = time.perf_counter()
     for _ in range(ticks):
         run.step()
-    block(run)
+    block(run, backend)
     return time.perf_counter() - start, run.proxy_step - before
 
 
@@ -103,7 +99,7 @@ def compare_backends(
     rounds: int = 3,
     echo: Any = None,
     memory: bool = False,
-) -> tuple[list[dict], dict[str, tc.MixtureRun]]:
+) -> tuple[list[dict], dict[str, MixtureRun]]:
     """Time ``engines`` on the task ``cfg`` in interleaved rounds.
 
     Args:
@@ -127,8 +123,9 @@ def compare_backends(
         start = time.perf_counter()
         runs[name] = build(cfg, name, corpus)
         setup = time.perf_counter() - start
-        first, _ = time_blocks(runs[name], 2)  # compiles (JAX recompiles in episode 2)
-        steady, _ = time_blocks(runs[name], 1)
+        backend = ENGINES[name][0]
+        first, _ = time_blocks(runs[name], 2, backend)  # compiles (JAX recompiles in episode 2)
+        steady, _ = time_blocks(runs[name], 1, backend)
         compile_s[name] = max(setup + first - 2 * steady, 0.0)
         if echo:
             echo(f"  {name}: built and warmed up in {setup + first + steady:.1f} s")
@@ -136,7 +133,7 @@ def compare_backends(
     for r in range(rounds):
         order = engines[r % len(engines) :] + engines[: r % len(engines)]
         for name in order:
-            seconds, steps = time_blocks(runs[name], episodes)
+            seconds, steps = time_blocks(runs[name], episodes, ENGINES[name][0])
             times[name].append(seconds / episodes)
     steps_per_episode = steps // episodes
     tokens = tokens_per_step(cfg, len(corpus.domains))
@@ -198,31 +195,19 @@ def _memory_probe(payload: str) -> dict:
     spec = json.loads(payload)
     cfg = engine_config(JobConfig.from_mapping(spec["cfg"]), spec["engine"])
     from .jobs import build_run, load_corpus
-    from .models import build_model
 
+    backend = training_backend(cfg.run.backend)
     corpus = load_corpus(cfg.data)
-    build_model(cfg.model, backend=cfg.run.backend, vocab_size=corpus.vocab_size, seq_len=2)
+    backend.build_model(cfg.model, vocab_size=corpus.vocab_size, seq_len=2)
     baseline, _ = rss_mib()  # libraries loaded and initialised, data in memory
     run = build_run(cfg, corpus)
-    time_blocks(run, 2)
+    time_blocks(run, 2, cfg.run.backend)
     _, peak = rss_mib()
-    device = None
-    if cfg.run.backend == "torch":
-        import torch
-
-        if torch.cuda.is_available():
-            device = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        import jax
-
-        stats = jax.devices()[0].memory_stats()
-        if stats and "peak_bytes_in_use" in stats:
-            device = stats["peak_bytes_in_use"] / 2**20
-    return {"rss_mib": peak - baseline, "device_mib": device}
+    return {"rss_mib": peak - baseline, "device_mib": backend.peak_memory_mib()}
 
 
-def machine_info() -> dict[str, str]:
-    """CPU model, cores, accelerator, library versions and thread settings (for result files)."""
+def machine_info(backends: list[str] = ()) -> dict[str, str]:
+    """CPU model, cores, library versions, threads and accelerator of ``backends``."""
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as f:
@@ -231,28 +216,15 @@ def machine_info() -> dict[str, str]:
         pass
     info = {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version()}
     info["numpy"] = np.__version__
-    for name in ("torch", "jax", "jaxlib", "equinox", "optax"):
-        try:
-            info[name] = __import__(name).__version__
-        except ImportError:
-            info[name] = "not installed"
-    info["accelerator"] = _accelerator()
+    accelerators = []
+    for name in backends:
+        facts = dict(training_backend(name).info())
+        accelerators.append(facts.pop("accelerator", ""))
+        info.update(facts)
+    info["accelerator"] = ", ".join(a for a in accelerators if a) or "none (CPU only)"
     for var in ("OMP_NUM_THREADS", "XLA_FLAGS"):
         info[var] = os.environ.get(var, "(unset)")
-    if "torch" in sys.modules:
-        info["torch threads"] = str(sys.modules["torch"].get_num_threads())
     return info
-
-
-def _accelerator() -> str:
-    names = []
-    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
-        names.append(sys.modules["torch"].cuda.get_device_name(0))
-    if "jax" in sys.modules:
-        names += sorted(
-            {d.device_kind for d in sys.modules["jax"].devices() if d.platform != "cpu"}
-        )
-    return ", ".join(names) or "none (CPU only)"
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:

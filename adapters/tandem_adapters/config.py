@@ -1,7 +1,11 @@
-"""Job configuration: a TOML file with [run], [data], [model], [train] tables, ``--set`` overrides.
+"""Job configuration: a TOML file of [run], [data], [model], [train], [backend] tables.
 
-Everything is validated before any work starts: an unknown table or key, a value of the wrong type,
-or an out-of-range value raises ``ConfigError`` naming ``table.key``.
+Each key can be overridden with ``--set table.key=value``. Everything is validated before any
+work starts: an unknown table or key, a value of the wrong type, or an out-of-range value raises
+``ConfigError`` naming ``table.key``. ``[train]`` is ``tandem_core.run.TrainConfig`` (with the
+method's own keys), ``[model]`` is ``tandem_core.run.ModelSpec``, and ``[backend]`` is the options
+dataclass of the backend that ``run.backend`` names (``tc.load_backend(name).Options``), so a
+plugin backend brings its own keys.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tandem_core.config import ConfigError, TrainConfig
+from tandem_core import ConfigError
+from tandem_core.backend import training_backend
+from tandem_core.methods import check_fields
+from tandem_core.run import ModelSpec, TrainConfig
 from tandem_core.taskpgm import AFFINITY_KINDS, SOLVER_METHODS, UTILITY_KINDS
 
 if sys.version_info >= (3, 11):
@@ -24,37 +31,24 @@ else:  # pragma: no cover
 __all__ = [
     "DataConfig",
     "JobConfig",
-    "ModelConfig",
+    "ModelSpec",
     "RunConfig",
     "TaskPGMConfig",
     "parse_override",
 ]
 
-BACKENDS = ("torch", "jax")
-
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Where and how a job runs."""
+    """Where a job runs: the backend (any registered training backend) and the run directory."""
 
-    backend: str = "torch"  # torch | jax
+    backend: str = "torch"  # a `tandem.backends` entry point: torch | jax | a plugin's name
     run_dir: str = "runs/tandem"
-    device: str = ""  # torch device ("cpu", "cuda:0"); empty: CUDA if available
-    threads: int = 0  # CPU threads for torch (0: torch's default)
     checkpoint_every: int = 100  # proxy steps between checkpoints (0: only at the end)
     progress: bool = True
-    nproc: int = 1  # torch: data-parallel processes (torchrun; gloo on CPU, NCCL on CUDA)
-    devices: int = 0  # jax: devices on the data axis (0 or 1: one device)
-    jax_distributed: bool = False  # jax: call jax.distributed.initialize() (multi-host)
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"run.backend={self.backend!r} is not one of {BACKENDS}")
-        if self.nproc > 1 and self.backend != "torch":
-            raise ConfigError("run.nproc is for the torch backend; with jax use run.devices")
-        for key in ("threads", "checkpoint_every", "nproc", "devices"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"run.{key} must be >= 0, got {getattr(self, key)}")
+        check_fields(self, nonnegative=("checkpoint_every",), prefix="run.")
 
 
 @dataclass(frozen=True)
@@ -87,50 +81,26 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """The proxy model: the built-in tiny GPT, a local Hugging Face config/model, or a factory."""
-
-    kind: str = "tiny_gpt"  # tiny_gpt | hf | module
-    d_model: int = 64
-    n_layer: int = 2
-    n_head: int = 4
-    mlp_ratio: int = 4
-    hf_config: str = ""  # (hf) local config.json or folder: random init from the config
-    hf_path: str = ""  # (hf) local folder with weights (from_pretrained, local files only)
-    module: str = ""  # (module) "package.module:factory", called as factory(vocab_size, seq_len)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        kinds = ("tiny_gpt", "hf", "module")
-        if self.kind not in kinds:
-            raise ConfigError(f"model.kind={self.kind!r} is not one of {kinds}")
-        if self.kind == "hf" and not (self.hf_config or self.hf_path):
-            raise ConfigError("model.kind='hf' needs model.hf_config or model.hf_path")
-        if self.kind == "module" and ":" not in self.module:
-            raise ConfigError("model.kind='module' needs model.module='package.module:factory'")
-        for key in ("d_model", "n_layer", "n_head", "mlp_ratio"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
-
-
-@dataclass(frozen=True)
 class TaskPGMConfig:
-    """TaskPGM (SPEC 3): single-task fine-tunes, probe divergences, energy on the simplex."""
+    """TaskPGM: single-task fine-tunes, probe divergences, energy on the simplex.
 
-    finetune_steps: int = 100  # optimizer steps of each single-task fine-tune (SPEC 3.3 step 1)
+    The ``[taskpgm]`` table; see docs/methods.md, "TaskPGM: Defaults".
+    """
+
+    finetune_steps: int = 100  # optimizer steps of each single-task fine-tune (TaskPGM step 1)
     probe: str = ""  # probe set: a file or folder (empty: the corpus's validation/target data)
     probe_max_per_task: int = 64  # probe windows per probe stream (first non-overlapping ones)
     probe_batch_size: int = 16  # probe rows per forward of the N models (N * B * T * V logits)
     top_k: int = 0  # JSD over each pair's top-k tokens, renormalised (0: full vocabulary)
     affinity: str = "linear"  # linear: 1 - D/ln 2 | exp: exp(-D/sigma) | pmi: probe-loss PMI
     sigma: float = 0.0  # (exp) bandwidth; 0: the mean off-diagonal divergence
-    utility: str = "gain"  # gain | coverage | mix (SPEC 3.3 step 3)
+    utility: str = "gain"  # gain | coverage | mix (TaskPGM step 3)
     mix: float = 0.5  # (mix) weight of the gain part
     lam: float = 1.0  # redundancy strength lambda
     mu: float = 0.0  # ridge; 0: tandem_core.default_mu (the smallest safe one, at least lam)
     method: str = "active_set"  # active_set | pgd | mean_field
     tau_e: float = 0.1  # (mean_field) entropy temperature
-    budget: int = 0  # k > 0: greedy subset of at most k tasks (SPEC 3.3 step 5); 0: continuous
+    budget: int = 0  # k > 0: greedy subset of at most k tasks (TaskPGM step 5); 0: continuous
     subset_weights: str = "uniform"  # (budget) uniform | utility weights over the subset
 
     def __post_init__(self) -> None:
@@ -158,13 +128,24 @@ class TaskPGMConfig:
 
 @dataclass(frozen=True)
 class JobConfig:
-    """A whole job: the four tables."""
+    """A whole job: the tables. ``backend`` is the run backend's ``Options`` (default: its own)."""
 
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelSpec = field(default_factory=ModelSpec)
     train: TrainConfig = field(default_factory=TrainConfig)
     taskpgm: TaskPGMConfig = field(default_factory=TaskPGMConfig)
+    backend: Any = None
+
+    def __post_init__(self) -> None:
+        options = training_backend(self.run.backend).Options
+        if self.backend is None:
+            object.__setattr__(self, "backend", options())
+        elif not isinstance(self.backend, options):
+            raise ConfigError(
+                f"[backend] holds {type(self.backend).__name__}; run.backend="
+                f"{self.run.backend!r} takes {options.__name__}"
+            )
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] = ()) -> JobConfig:
@@ -187,53 +168,62 @@ class JobConfig:
     @classmethod
     def from_mapping(cls, tables: dict[str, dict[str, Any]]) -> JobConfig:
         """Build from ``{table: {key: value}}``, checking names and types."""
-        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        sections = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(tables) - set(sections))
         if unknown:
             raise ConfigError(f"unknown table(s) {unknown}; known tables: {sorted(sections)}")
-        built = {}
-        for name, section_cls in _SECTION_TYPES.items():
-            values = dict(tables.get(name, {}))
+        for name, values in tables.items():
             if not isinstance(values, dict):
                 raise ConfigError(f"[{name}] must be a table")
-            if section_cls is TrainConfig:
-                built[name] = _train(values)
-            else:
-                built[name] = _section(name, section_cls, values)
+        built = {name: _section(name, kind, dict(tables.get(name, {}))) for name, kind in _SECTIONS}
+        try:
+            built["train"] = TrainConfig.from_mapping(dict(tables.get("train", {})))
+        except ConfigError as err:
+            raise ConfigError(f"[train] {err}") from err
+        options = training_backend(built["run"].backend).Options
+        built["backend"] = _section("backend", options, dict(tables.get("backend", {})))
         return cls(**built)
 
     def to_mapping(self) -> dict[str, dict[str, Any]]:
-        """``{table: {key: value}}`` for config.toml."""
-        out = {name: dataclasses.asdict(getattr(self, name)) for name in _SECTION_TYPES}
+        """``{table: {key: value}}`` for config.toml (``None`` values left out)."""
+        out = {name: dataclasses.asdict(getattr(self, name)) for name, _ in _SECTIONS}
+        out["train"] = self.train.to_mapping()
+        out["backend"] = dataclasses.asdict(self.backend)
         return {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in out.items()}
 
     def replace(self, **tables: Any) -> JobConfig:
-        """A copy with some tables' fields replaced: ``cfg.replace(train={"steps": 10})``."""
+        """A copy with some tables' fields replaced: ``cfg.replace(train={"steps": 10})``.
+
+        A new ``train.method`` drops the old method's keys; a new ``run.backend`` starts from the
+        new backend's default options.
+        """
         mapping = self.to_mapping()
+        if tables.get("run", {}).get("backend", self.run.backend) != self.run.backend:
+            mapping.pop("backend")
         for name, values in tables.items():
-            mapping.setdefault(name, {}).update(values)
+            if name == "train":
+                mapping["train"] = self.train.replace(**values).to_mapping()
+            else:
+                mapping.setdefault(name, {}).update(values)
         return JobConfig.from_mapping(mapping)
 
 
-_SECTION_TYPES = {
-    "run": RunConfig,
-    "data": DataConfig,
-    "model": ModelConfig,
-    "train": TrainConfig,
-    "taskpgm": TaskPGMConfig,
-}
-
-
-def _train(values: dict[str, Any]) -> TrainConfig:
-    try:
-        return TrainConfig.from_mapping(values)
-    except ConfigError as err:
-        raise ConfigError(f"[train] {err}") from err
+_SECTIONS = (
+    ("run", RunConfig),
+    ("data", DataConfig),
+    ("model", ModelSpec),
+    ("taskpgm", TaskPGMConfig),
+)
 
 
 def _section(name: str, cls: type, values: dict[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(hints))
+    if unknown and name == "backend":
+        raise ConfigError(
+            f"unknown key(s) {[f'backend.{k}' for k in unknown]} for run.backend's options "
+            f"{cls.__name__}; known: {sorted(hints)}"
+        )
     if unknown:
         raise ConfigError(
             f"unknown key(s) {[f'{name}.{k}' for k in unknown]}; known: {sorted(hints)}"

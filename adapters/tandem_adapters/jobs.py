@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 import tandem_core as tc
-from tandem_core.config import check_weighting_method
+from tandem_core.backend import training_backend
+from tandem_core.run import MixtureRun, RunResult, check_weighting
 
 from .config import DataConfig, JobConfig
 from .data import (
@@ -33,7 +34,6 @@ from .data import (
 from .data.formats import read_file
 from .data.streams import build_corpus
 from .data.windows import sequential_starts, windows
-from .models import build_model, make_trainer
 from .run_dir import RunDir
 
 __all__ = [
@@ -97,7 +97,7 @@ def load_anchors(cfg: JobConfig, corpus: DomainCorpus, anchor: Any = None) -> li
         Host batches, or ``None`` when no anchor is given (the run then anchors on the corpus's
         validation / target set).
     """
-    source = anchor if anchor is not None else (cfg.train.adapt_anchor or None)
+    source = anchor if anchor is not None else (cfg.train.adapt.adapt_anchor or None)
     if source is None:
         return None
     if isinstance(source, DomainCorpus):
@@ -106,7 +106,7 @@ def load_anchors(cfg: JobConfig, corpus: DomainCorpus, anchor: Any = None) -> li
         streams = from_arrays(source, vocab_size=corpus.vocab_size).train
     else:
         streams = _read_streams(cfg, Path(source), corpus.vocab_size)
-    seq_len, rows = cfg.data.seq_len, cfg.train.adapt_anchor_max
+    seq_len, rows = cfg.data.seq_len, cfg.train.adapt.adapt_anchor_max
     out = []
     for stream in streams:
         if int(stream.max(initial=0)) >= corpus.vocab_size:
@@ -141,55 +141,27 @@ def build_run(
     transform: tc.MixtureTransform | None = None,
     callback: Callable[[dict], None] | None = None,
     anchors: list[dict] | None = None,
-) -> tc.MixtureRun:
-    """Sampler, model, the backend's trainer and the run loop for a job (``anchors``: ADAPT's)."""
-    devices = _setup_backend(cfg)
+) -> MixtureRun:
+    """Sampler, model, the backend's engine and the run loop for a job (``anchors``: ADAPT's)."""
+    backend = training_backend(cfg.run.backend)
+    backend.setup(cfg.backend)
     sampler = TokenSampler(corpus, cfg.data.seq_len, seed=cfg.data.seed)
-    model = build_model(
-        cfg.model, backend=cfg.run.backend, vocab_size=corpus.vocab_size, seq_len=cfg.data.seq_len
-    )
-    trainer = make_trainer(
-        cfg.run.backend,
+    model = backend.build_model(cfg.model, vocab_size=corpus.vocab_size, seq_len=cfg.data.seq_len)
+    engine = backend.make_engine(
         model,
         cfg.train,
         num_domains=len(corpus.domains),
         num_val_domains=len(corpus.val_domains),
-        device=cfg.run.device,
-        devices=devices,
+        options=cfg.backend,
     )
-    return tc.MixtureRun(
-        trainer, sampler, cfg.train, transform=transform, callback=callback, anchors=anchors
+    return MixtureRun(
+        engine, sampler, cfg.train, transform=transform, callback=callback, anchors=anchors
     )
-
-
-def _setup_backend(cfg: JobConfig) -> list | None:
-    """Threads, process group (torch under torchrun) or devices (JAX); returns JAX devices."""
-    if cfg.run.backend == "torch":
-        import torch
-
-        from tandem_torch.distributed import init_from_env
-
-        if cfg.run.threads:
-            torch.set_num_threads(cfg.run.threads)
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        init_from_env(torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu"))
-        return None
-    import jax
-
-    if cfg.run.jax_distributed:
-        jax.distributed.initialize()
-    return jax.devices()[: cfg.run.devices] if cfg.run.devices > 1 else None
 
 
 def rank(cfg: JobConfig) -> int:
     """This process's rank: 0 writes the run directory; the others only compute."""
-    if cfg.run.backend == "torch":
-        return int(os.environ.get("RANK", "0"))
-    if cfg.run.jax_distributed:
-        import jax
-
-        return jax.process_index()
-    return 0
+    return training_backend(cfg.run.backend).rank(cfg.backend)
 
 
 def _run_dir(cfg: JobConfig, *, resume: bool, overwrite: bool) -> RunDir:
@@ -198,14 +170,12 @@ def _run_dir(cfg: JobConfig, *, resume: bool, overwrite: bool) -> RunDir:
 
 def _fingerprint(cfg: JobConfig) -> dict:
     mapping = cfg.to_mapping()
-    mapping["run"] = {
-        k: v for k, v in mapping["run"].items() if k in ("backend", "nproc", "devices")
-    }
+    mapping["run"] = {"backend": cfg.run.backend}
     return mapping
 
 
 @contextlib.contextmanager
-def _stop_on_signals(run: tc.MixtureRun):
+def _stop_on_signals(run: MixtureRun):
     """SIGTERM / SIGINT ask the loop to stop after the current tick (never mid-step)."""
     flag = {"stop": None}
     previous = {}
@@ -225,8 +195,8 @@ def _stop_on_signals(run: tc.MixtureRun):
 
 
 def _execute(
-    cfg: JobConfig, run: tc.MixtureRun, rd: RunDir, *, resume: bool, echo: Callable
-) -> tc.RunResult:
+    cfg: JobConfig, run: MixtureRun, rd: RunDir, *, resume: bool, echo: Callable
+) -> RunResult:
     fingerprint = _fingerprint(cfg)
     if resume:
         state, meta = rd.load_checkpoint()
@@ -241,7 +211,7 @@ def _execute(
     else:
         rd.write_config(cfg.to_mapping())
 
-    def save(r: tc.MixtureRun) -> None:
+    def save(r: MixtureRun) -> None:
         rd.save_checkpoint(r.state_dict(), metadata={"config": fingerprint, "step": r.proxy_step})
 
     with _stop_on_signals(run) as flag:
@@ -259,9 +229,9 @@ def _execute(
 
 def optimize(
     cfg: JobConfig, *, resume: bool = False, overwrite: bool = False, echo: Callable = print
-) -> tc.RunResult:
+) -> RunResult:
     """Learn a mixture with ``cfg.train.method``; writes the run directory; returns the result."""
-    check_weighting_method(cfg.train)  # before anything is read or written
+    check_weighting(cfg.train)  # before anything is read or written
     corpus = load_corpus(cfg.data)
     rd = _run_dir(cfg, resume=resume, overwrite=overwrite)
     run = build_run(cfg, corpus, callback=rd.append_metrics)
@@ -279,13 +249,14 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     echo: Callable = print,
-) -> tc.RunResult:
+) -> RunResult:
     """Train a fresh model with a FIXED mixture (``None``: uniform); per-domain validation loss.
 
     With ``cfg.train.weighting`` ``"adapt"`` or ``"bm25"`` every sample's loss is also weighted
-    by its similarity to the anchor set (ADAPT, SPEC 2): ``anchor`` (see ``load_anchors``), else
-    ``train.adapt_anchor``, else the validation / target set. mixture.json then records the
-    weighting and the mean weight per domain (``result.weighting``).
+    by its similarity to the anchor set (docs/methods.md, "ADAPT"): ``anchor`` (see
+    ``load_anchors``), else ``train.adapt_anchor``, else the validation / target set.
+    mixture.json then records the weighting and the mean weight per domain
+    (``result.weighting``).
 
     Example (Python API)::
 
@@ -301,7 +272,7 @@ def train(
     else:
         if anchor is not None:
             cfg = cfg.replace(train={"adapt_anchor": str(anchor)})  # recorded, checked on resume
-        anchor_name = cfg.train.adapt_anchor or "validation set"
+        anchor_name = cfg.train.adapt.adapt_anchor or "validation set"
     anchors = load_anchors(cfg, corpus, anchor) if cfg.train.weighting != "none" else None
     rd = _run_dir(cfg, resume=resume, overwrite=overwrite)
     run = build_run(
@@ -358,7 +329,7 @@ def _align(weights: dict[str, float] | None, domains: tuple[str, ...]) -> list[f
     return [max(w, 1e-12) for w in alpha]  # natural() needs positive sizes
 
 
-def _plot(rd: RunDir, result: tc.RunResult) -> None:
+def _plot(rd: RunDir, result: RunResult) -> None:
     if rd.read_only:
         return
     from .plots import plot_run

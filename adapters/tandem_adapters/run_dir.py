@@ -20,6 +20,7 @@ import numpy as np
 import tomli_w
 
 import tandem_core as tc
+from tandem_core.run import RunResult
 from tandem_core.state import atomic_write
 
 __all__ = ["MIXTURE_FORMAT", "RunDir", "atomic_write", "read_mixture", "versions"]
@@ -121,9 +122,7 @@ class RunDir:
         """``(state, metadata)``; a truncated or corrupted file raises ``CorruptStateError``."""
         return tc.load_state(self.checkpoint), tc.read_metadata(self.checkpoint)
 
-    def write_mixture(
-        self, result: tc.RunResult, *, backend: str, extra: dict | None = None
-    ) -> Path:
+    def write_mixture(self, result: RunResult, *, backend: str, extra: dict | None = None) -> Path:
         """mixture.json: average (the default output), last, trajectory, names, method, versions."""
         if self.read_only:
             return self.mixture

@@ -1,20 +1,22 @@
-"""TaskPGM as a job (SPEC 3): single-task fine-tunes, probe divergences, a static mixture.
+"""TaskPGM as a job: single-task fine-tunes, probe divergences, a static mixture.
 
-Each training domain is one task. Steps (SPEC 3.3): (1) from one base model (``[model]``, its
-seed), fine-tune a fresh copy on each task alone for ``taskpgm.finetune_steps`` steps; (2) stream
-the probe set batch by batch through the base and the N fine-tuned models, accumulating on device
-the pairwise token-mean Jensen–Shannon divergences ``D`` and each model's probe loss; (3)-(5)
-affinity ``S``, utility ``u`` and the mixture ``p`` (or a greedy subset) by
-``tandem_core.taskpgm_mixture``. The run directory gets ``mixture.json`` (the ``optimize`` format,
-method ``"taskpgm"``: ``tandem train --mixture`` reads it), ``taskpgm.json`` (D, S, u, p, losses,
-settings), ``affinity.png``, ``config.toml`` and ``metrics.jsonl`` (the fine-tunes' logs).
+Each training domain is one task. Steps (docs/methods.md, "TaskPGM: Steps"): (1) from one base
+model (``[model]``, its seed), fine-tune a fresh copy on each task alone for
+``taskpgm.finetune_steps`` steps; (2) stream the probe set batch by batch through the base and
+the N fine-tuned models, accumulating on device the pairwise token-mean Jensen–Shannon
+divergences ``D`` and each model's probe loss; (3)-(5) affinity ``S``, utility ``u`` and the
+mixture ``p`` (or a greedy subset) by ``tandem_core.taskpgm_mixture``. The run directory gets
+``mixture.json`` (the ``optimize`` format, method ``"taskpgm"``: ``tandem train --mixture``
+reads it), ``taskpgm.json`` (D, S, u, p, losses, settings), ``affinity.png``, ``config.toml``
+and ``metrics.jsonl`` (the fine-tunes' logs).
 
 Memory: every fine-tuned model stays in memory until the probe pass ends, each inside its
-backend ``TwinTrainer`` (proxy and reference copies plus two optimizer states: about 6x the
+backend engine (proxy and reference copies plus two optimizer states: about 6x the
 parameters with AdamW), so N + 1 trainers are alive at once. Fine for small models; for large
-ones the SPEC's LoRA adapters on a shared base are the way, and are not implemented here. On
-JAX each trainer compiles its own steps (N compilations of the same step; a persistent
-compilation cache, ``jax_compilation_cache_dir``, turns all but the first into cache hits).
+ones LoRA adapters on a shared base are the way (docs/methods.md, "TaskPGM: Cost"), and are
+not implemented here. On JAX each trainer compiles its own steps (N compilations of the same
+step; a persistent compilation cache, ``jax_compilation_cache_dir``, turns all but the first
+into cache hits).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import array_api_compat
 import numpy as np
 
 import tandem_core as tc
+from tandem_core.run import RunResult
 
 from .config import JobConfig
 from .data import DataError, DomainCorpus, from_arrays, load_folder, load_tokenizer
@@ -60,7 +63,7 @@ class TaskPGMOutput:
     group_loss: np.ndarray  # (N, G) fine-tuned model i's loss per probe group
     task_loss: np.ndarray  # (N,) fine-tuned model i's loss on the whole probe set
     probe_tokens: int  # scored probe tokens
-    result: tc.RunResult  # what mixture.json holds
+    result: RunResult  # what mixture.json holds
     run_dir: Path
     known_answer: dict | None = None  # the corpus's (synthetic suites), see ``make_suite``
 
@@ -153,7 +156,7 @@ def run_taskpgm(
         group_loss=group[1:],
         task_loss=whole[1:],
         probe_tokens=int(tokens.sum()),
-        result=tc.RunResult(
+        result=RunResult(
             domains=corpus.domains,
             method="taskpgm",
             average=pgm.p,
@@ -257,7 +260,7 @@ def _probe_streams(
 def _probe_pass(
     engines: list, batches: list[dict], groups: int, top_k: int | None, progress: bool
 ) -> _ProbeState:
-    """Stream the probe batches through every model; device accumulators (SPEC 3.3 step 2)."""
+    """Stream the probe batches through every model; device accumulators (TaskPGM step 2)."""
     from tqdm.auto import tqdm
 
     step = partial(_probe_step, top_k=top_k)  # one object: the JAX engine compiles it once
@@ -283,7 +286,7 @@ def _probe_pass(
             xp.asarray(batch["labels"], device=device),
             xp.asarray(onehot, dtype=state.tokens.dtype, device=device),
         )
-        state = engines[0].mixture_update(state, stats, step)  # jitted on JAX, eager on torch
+        state = engines[0].apply(step, state, stats)  # jitted on JAX, eager on torch
     if state is None:
         raise DataError("the probe set has no windows")
     return state
@@ -310,7 +313,7 @@ def _probe_step(state: _ProbeState, stats: tuple, *, top_k: int | None) -> _Prob
 
 
 def _solve(t: Any, D: np.ndarray, group: np.ndarray, whole: np.ndarray) -> tc.TaskPGMResult:
-    """SPEC 3.3 steps 2-5 on the host from the probe statistics."""
+    """TaskPGM steps 2-5 (docs/methods.md, "TaskPGM: Steps") on the host from the probe stats."""
     source = {"D": D}
     if t.affinity == "pmi":
         source = {"S": tc.pmi_affinity(group[1:], group[0])}

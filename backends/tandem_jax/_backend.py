@@ -1,11 +1,28 @@
-"""The JAX ``Backend``: ``jax.ops.segment_sum``, compiler-reduced collectives, immutable copies."""
+"""The JAX ``TrainingBackend``: segment sums, options, models, the engine, timing and memory.
+
+Arrays: ``jax.ops.segment_sum``, compiler-reduced collectives, immutable copies. Jobs: the
+``[backend]`` table (``JaxOptions``), one process per host (``jax.distributed`` when asked), the
+tiny GPT or a user's equinox model, and the ``JaxEngine`` over a ``data`` mesh of devices.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+
+from tandem_core import ConfigError
+from tandem_core.run.gpt import init_gpt_params
+from tandem_core.run.model import factory_kwargs, load_factory
+
+from .engine import JaxEngine
+from .models import TinyGPT
+from .modules import ModelView, check_equinox
+from .options import JaxOptions
+
+__all__ = ["JaxBackend"]
 
 
 class JaxBackend:
@@ -13,8 +30,9 @@ class JaxBackend:
 
     name = "jax"
     xp = jnp
-    TwinTrainer = None  # filled by the trainer module
+    Options = JaxOptions
 
+    # ------------------------------------------------------------------ arrays
     def segment_sum(self, data: jax.Array, segment_ids: jax.Array, num_segments: int) -> jax.Array:
         """``jax.ops.segment_sum``: ``data (B, ...)``, ``segment_ids (B,)`` -> ``(M, ...)``."""
         return jax.ops.segment_sum(data, segment_ids, num_segments=num_segments)
@@ -26,3 +44,109 @@ class JaxBackend:
     def copy_state(self, state: Any) -> Any:
         """A copy sharing no buffers (JAX arrays are immutable; the copy guards donated buffers)."""
         return jax.tree_util.tree_map(jnp.array, state)
+
+    # ------------------------------------------------------------------ processes
+    def setup(self, options: JaxOptions) -> None:
+        """Start the multi-host runtime once when ``options.distributed``."""
+        if options.distributed and not jax.distributed.is_initialized():
+            jax.distributed.initialize()
+
+    def rank(self, options: JaxOptions) -> int:
+        """``jax.process_index()`` in a multi-host run, else 0."""
+        return jax.process_index() if options.distributed else 0
+
+    def launch(self, argv: list[str], options: JaxOptions, *, run_dir: str = "") -> None:
+        """``None``: JAX runs one process per host, started by the user or the cluster."""
+        del argv, options, run_dir
+
+    # ------------------------------------------------------------------ models
+    def build_model(self, spec: Any, *, vocab_size: int, seq_len: int) -> eqx.Module:
+        """The ``ModelSpec``'s proxy as an equinox module (a factory's model is checked).
+
+        Raises:
+            ConfigError: ``kind="hf"`` (torch modules), or a factory model that fails its check.
+        """
+        if spec.kind == "tiny_gpt":
+            cfg = spec.gpt(vocab_size, seq_len)
+            return TinyGPT.create(cfg, init_gpt_params(cfg, spec.seed))
+        if spec.kind == "hf":
+            raise ConfigError(
+                "model.kind='hf' runs on backends with torch modules (run.backend='torch'); "
+                "use tiny_gpt or module with JAX"
+            )
+        factory = load_factory(spec.module)
+        model = factory(**factory_kwargs(factory, spec, vocab_size, seq_len))
+        return check_equinox(model, spec.module, vocab_size, seq_len)
+
+    def owns(self, model: Any) -> bool:
+        """Whether ``model`` is an equinox module."""
+        return isinstance(model, eqx.Module)
+
+    def model_adapter(self, model: Any) -> ModelView:
+        """``model`` as ``per_sample_loss(batch)`` / ``hidden_states(batch)``.
+
+        Raises:
+            ConfigError: ``model`` is not an equinox module.
+        """
+        if not self.owns(model):
+            raise ConfigError(
+                f"{type(model).__name__} is not a model of backend jax: expected an equinox.Module"
+            )
+        return ModelView(model)
+
+    def make_engine(
+        self,
+        model: eqx.Module,
+        config: Any,
+        *,
+        num_domains: int,
+        num_val_domains: int,
+        options: JaxOptions,
+    ) -> JaxEngine:
+        """A ``JaxEngine`` over the first ``options.devices`` devices (one device if <= 1).
+
+        Raises:
+            ConfigError: more devices asked than JAX sees, or ``dtype="float64"`` without x64.
+        """
+        devices = None
+        if options.devices > 1:
+            found = jax.devices()
+            if options.devices > len(found):
+                raise ConfigError(
+                    f"backend.devices={options.devices} but JAX sees {len(found)} device(s)"
+                )
+            devices = found[: options.devices]
+        return JaxEngine(
+            model,
+            config,
+            num_domains,
+            num_val_domains=num_val_domains,
+            options=options,
+            devices=devices,
+        )
+
+    # ------------------------------------------------------------------ measurement
+    def block(self, tree: Any) -> None:
+        """``jax.block_until_ready``: wait for the device work producing ``tree``."""
+        jax.block_until_ready(tree)
+
+    def peak_memory_mib(self) -> float | None:
+        """Peak bytes in use on the first device, in MiB (``None``: not reported, e.g. CPU)."""
+        stats = jax.devices()[0].memory_stats()
+        if stats and "peak_bytes_in_use" in stats:
+            return stats["peak_bytes_in_use"] / 2**20
+        return None
+
+    def info(self) -> dict[str, str]:
+        """Versions of jax, jaxlib, equinox and optax, and the non-CPU device kinds."""
+        import jaxlib
+        import optax
+
+        kinds = sorted({d.device_kind for d in jax.devices() if d.platform != "cpu"})
+        return {
+            "jax": jax.__version__,
+            "jaxlib": jaxlib.__version__,
+            "equinox": eqx.__version__,
+            "optax": optax.__version__,
+            "accelerator": ", ".join(kinds),
+        }

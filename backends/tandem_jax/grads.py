@@ -1,4 +1,8 @@
-"""Per-domain gradients with ``jax.vmap(jax.grad)``: the DoGE signal and the DoGE relation test."""
+"""Per-domain gradients with ``jax.vmap(jax.grad)``: the alignment signal (docs/methods.md).
+
+``W_m = <grad L^m_train(u), grad L_val(u)>`` reads the gradient of each domain's mean loss, and the
+step then reuses those gradients (``sum_m alpha_m g_m``).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import jax.numpy as jnp
 
 import tandem_core as tc
 
-__all__ = ["doge_gradients", "domain_gradients", "validation_gradient"]
+__all__ = ["alignment_gradients", "alignment_scores", "domain_gradients", "validation_gradient"]
 
 LossFn = Callable[
     [Any, jax.Array, jax.Array], tuple
@@ -57,7 +61,30 @@ def validation_gradient(losses: LossFn, params: Any, batch: dict, num_val_domain
     return jax.grad(val_loss)(params)
 
 
-def doge_gradients(losses: LossFn, params: Any, train: dict, val: dict, m: int, v: int) -> tuple:
-    """``(per-domain grads, validation grad, per-sample losses, scored tokens)`` for DoGE."""
+def alignment_gradients(
+    losses: LossFn, params: Any, train: dict, val: dict, m: int, v: int
+) -> tuple:
+    """Per-domain train gradients and the validation gradient of ``params``.
+
+    Args:
+        losses: ``(params, tokens, labels) -> (loss (B,), scored (B,))``.
+        params: the model's float-array partition.
+        train: a batch of ``m`` equal per-domain blocks (``sampling="reweight"``).
+        val: a validation batch over ``v`` domains.
+        m: training domains.
+        v: validation domains.
+
+    Returns:
+        ``(grads with leaves (M, ...), validation grad, per-sample losses (B,), scored (B,))``.
+    """
     grads, loss, n = domain_gradients(losses, params, train, m)
     return grads, validation_gradient(losses, params, val, v), loss, n
+
+
+def alignment_scores(grads: Any, val_grad: Any, m: int) -> jax.Array:
+    """``W_m = <g_m, g_val>`` summed over all parameters: float ``(M,)``."""
+    return sum(
+        jax.tree.leaves(
+            jax.tree.map(lambda g, vg: g.reshape(m, -1) @ vg.reshape(-1), grads, val_grad)
+        )
+    )

@@ -1,21 +1,23 @@
-"""Equinox models: the built-in tiny GPT (``tandem_core.gpt`` layout) and the loss functions.
+"""Equinox models: the built-in tiny GPT (``tandem_core.run.gpt`` layout) and the loss functions.
 
 ``TinyGPT`` mirrors the torch module field for field: ``(in, out)`` weights stored under the same
 dotted names, so ``from_numpy`` / ``to_numpy`` move one set of weights between the backends. A
-model adapter here is any callable ``model(tokens) -> (logits, hidden)`` that is an equinox pytree.
+model the engine trains is any callable ``model(tokens) -> (logits, hidden)`` that is an equinox
+pytree.
 """
 
 from __future__ import annotations
 
 import math
 
+import einops
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tandem_core.gpt import GPTConfig, gpt_param_shapes, init_gpt_params
+from tandem_core.run.gpt import GPTConfig, gpt_param_shapes, init_gpt_params
 
 __all__ = ["TinyGPT", "per_sample_loss", "to_numpy", "token_losses"]
 
@@ -59,16 +61,15 @@ class Attention(eqx.Module):
     n_head: int = eqx.field(static=True)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        b, t, d = x.shape
-        hd = d // self.n_head
+        t, hd = x.shape[1], x.shape[2] // self.n_head
         q, k, v = (
-            a.reshape(b, t, self.n_head, hd).transpose(0, 2, 1, 3)
+            einops.rearrange(a, "b t (h d) -> b h t d", h=self.n_head)
             for a in jnp.split(self.qkv(x), 3, -1)
         )
         scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hd)
         causal = jnp.tril(jnp.ones((t, t), dtype=bool))
         att = jax.nn.softmax(jnp.where(causal[None, None], scores, -jnp.inf), axis=-1)
-        return self.proj((att @ v).transpose(0, 2, 1, 3).reshape(b, t, d))
+        return self.proj(einops.rearrange(att @ v, "b h t d -> b t (h d)"))
 
 
 class MLP(eqx.Module):
@@ -95,7 +96,7 @@ class Block(eqx.Module):
 
 
 class TinyGPT(eqx.Module):
-    """The built-in decoder-only GPT (architecture and names of ``tandem_core.gpt``).
+    """The built-in decoder-only GPT (architecture and names of ``tandem_core.run.gpt``).
 
     Build it with ``TinyGPT.create(cfg, params=None, seed=0, dtype="float32")``.
     """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optax
 
-from tandem_core.config import TrainConfig
+from tandem_core.run import TrainConfig
 
 __all__ = ["make_optimizer"]
 

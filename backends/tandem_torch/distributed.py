@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
     "all_reduce_sum",
+    "default_device",
     "full",
     "init_from_env",
     "local",
@@ -33,6 +34,15 @@ def world_and_rank() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
+
+
+def default_device(name: str = "") -> torch.device:
+    """``name`` if given, else this process's GPU (``cuda:LOCAL_RANK`` under torchrun) or CPU."""
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 def init_from_env(device: torch.device) -> bool:

@@ -1,4 +1,8 @@
-"""Per-domain gradients with ``torch.func`` (DoGE's alignment signal; the DoGE relation test)."""
+"""Per-domain gradients with ``torch.func``: the alignment signal (docs/methods.md).
+
+``W_m = <grad L^m_train(u), grad L_val(u)>`` needs each domain's gradient separately; they come
+from one ``vmap`` over the domains' sub-batches, and the proxy's step then reuses them.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import tandem_core as tc
 
 from .models import logits_and_hidden, per_sample_loss
 
-__all__ = ["doge_gradients", "domain_gradients", "validation_gradient"]
+__all__ = ["alignment_gradients", "domain_gradients", "validation_gradient"]
 
 
 def _segment_sum(data: torch.Tensor, ids: torch.Tensor, num_segments: int) -> torch.Tensor:
@@ -66,7 +70,18 @@ def validation_gradient(module: nn.Module, batch: dict, num_val_domains: int) ->
     return grad(val_loss)(params)
 
 
-def doge_gradients(module: nn.Module, train: dict, val: dict, m: int, v: int) -> tuple:
-    """``(per-domain grads, validation grad, per-sample losses, scored tokens)`` for DoGE."""
+def alignment_gradients(module: nn.Module, train: dict, val: dict, m: int, v: int) -> tuple:
+    """Per-domain and validation gradients of the alignment signal.
+
+    Args:
+        module: the proxy (unwrapped).
+        train: device batch of ``m`` consecutive per-domain blocks.
+        val: device validation batch over ``v`` validation domains.
+        m: training domains.
+        v: validation domains.
+
+    Returns:
+        ``(grads {name: (M, ...)}, validation grad {name: (...)}, losses (B,), scored (B,))``.
+    """
     grads, losses, n = domain_gradients(module, train, m)
     return grads, validation_gradient(module, val, v), losses, n

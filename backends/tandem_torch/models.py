@@ -1,8 +1,8 @@
-"""Torch models: the built-in tiny GPT (``tandem_core.gpt`` layout) and the model adapter protocol.
+"""Torch models: the built-in tiny GPT (``tandem_core.run.gpt`` layout) and the model protocol.
 
-A model adapter turns any ``nn.Module`` into ``logits_and_hidden(module, params, tokens)``, called
+``logits_and_hidden(module, params, tokens)`` reads any causal LM ``nn.Module``, called
 functionally (``torch.func.functional_call``) so the twins can share one module and be fused with
-``vmap``. ``TinyGPT`` stores ``(in, out)`` weights under ``tandem_core.gpt`` names, so its
+``vmap``. ``TinyGPT`` stores ``(in, out)`` weights under ``tandem_core.run.gpt`` names, so its
 ``state_dict`` IS the numpy parameter dict, and the JAX model loads the same weights.
 """
 
@@ -15,11 +15,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
-from tandem_core.gpt import GPTConfig, gpt_param_shapes, init_gpt_params
+from tandem_core.run.gpt import GPTConfig, gpt_param_shapes, init_gpt_params
 
-__all__ = ["TinyGPT", "logits_and_hidden", "numpy_params", "per_sample_loss", "token_losses"]
+__all__ = [
+    "TinyGPT",
+    "eval_mode",
+    "logits_and_hidden",
+    "numpy_params",
+    "per_sample_loss",
+    "token_losses",
+]
 
 IGNORE_INDEX = -100
 
@@ -53,16 +61,15 @@ class _Attention(nn.Module):
         self.n_head = cfg.n_head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        hd = d // self.n_head
+        t, d = x.shape[-2:]
         q, k, v = (
-            a.reshape(b, t, self.n_head, hd).transpose(1, 2) for a in self.qkv(x).split(d, dim=-1)
+            rearrange(a, "b t (h e) -> b h t e", h=self.n_head) for a in self.qkv(x).split(d, -1)
         )
         # explicit causal softmax (not SDPA): vmap has no batching rule for the fused CPU kernel
-        scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.n_head)
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
         att = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
-        return self.proj((att @ v).transpose(1, 2).reshape(b, t, d))
+        return self.proj(rearrange(att @ v, "b h t e -> b t (h e)"))
 
 
 class _Block(nn.Module):
@@ -85,7 +92,7 @@ class _Block(nn.Module):
 
 
 class TinyGPT(nn.Module):
-    """The built-in decoder-only GPT (architecture and names of ``tandem_core.gpt``).
+    """The built-in decoder-only GPT (architecture and names of ``tandem_core.run.gpt``).
 
     Args:
         cfg: model configuration.
@@ -112,7 +119,7 @@ class TinyGPT(nn.Module):
         self.to(dtype)
 
     def load_numpy(self, params: dict[str, np.ndarray]) -> None:
-        """Copy numpy weights in (names and shapes of ``tandem_core.gpt.gpt_param_shapes``)."""
+        """Copy numpy weights in (names and shapes of ``tandem_core.run.gpt.gpt_param_shapes``)."""
         shapes = gpt_param_shapes(self.cfg)
         if set(params) != set(shapes):
             raise ValueError(f"parameter names differ from the layout: {set(params) ^ set(shapes)}")
@@ -249,3 +256,19 @@ def per_sample_loss(
     n = keep.sum(-1)
     loss = token_losses(logits, labels).sum(-1) / n.clamp_min(1).to(logits.dtype)
     return loss, n
+
+
+class eval_mode:  # noqa: N801 - a context manager used like a function
+    """Put modules in eval mode (no dropout) for a block, restoring their previous mode."""
+
+    def __init__(self, *modules: nn.Module) -> None:
+        self.modules = modules
+
+    def __enter__(self) -> None:
+        self.modes = [m.training for m in self.modules]
+        for m in self.modules:
+            m.eval()
+
+    def __exit__(self, *exc: Any) -> None:
+        for m, mode in zip(self.modules, self.modes):
+            m.train(mode)

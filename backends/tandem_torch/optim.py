@@ -7,12 +7,19 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from torch import nn
 
-from tandem_core.config import TrainConfig
+from tandem_core.run import TrainConfig
 
 from .distributed import full, shard_like
 
-__all__ = ["copy_optimizer_state", "make_optimizer", "optimizer_from_tree", "optimizer_to_tree"]
+__all__ = [
+    "copy_optimizer_state",
+    "make_optimizer",
+    "optimizer_for",
+    "optimizer_from_tree",
+    "optimizer_to_tree",
+]
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -26,6 +33,40 @@ def make_optimizer(
             params, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay
         )
     return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def optimizer_for(
+    opt: torch.optim.Optimizer,
+    params: dict[str, nn.Parameter],
+    target: dict[str, nn.Parameter],
+    *,
+    lr: float | None = None,
+) -> torch.optim.Optimizer:
+    """``opt`` over other parameters: same class, ``defaults``, groups and state, deep-copied.
+
+    Args:
+        opt: an optimizer over ``params`` (e.g. ``dict(model.named_parameters())``).
+        params: ``{name: parameter}`` that ``opt`` holds.
+        target: ``{name: parameter}`` of the new optimizer (same names: a deep copy of the model,
+            or the model after FSDP replaced its parameters by shards).
+        lr: a learning rate for every group of the new optimizer (``None``: keep ``opt``'s).
+
+    Returns:
+        The new optimizer; ``opt`` is unchanged.
+    """
+    if set(params) != set(target):
+        raise ValueError(f"parameter names differ: {sorted(set(params) ^ set(target))}")
+    held = {id(p) for group in opt.param_groups for p in group["params"]}
+    # deepcopy with a memo: every parameter of the copy IS the target's (groups and state keys)
+    memo = {id(p): target[name] for name, p in params.items() if id(p) in held}
+    if len(memo) != len(held):
+        raise ValueError("the optimizer holds parameters that are not the model's")
+    new = copy.deepcopy(opt, memo)
+    if lr is not None:
+        new.defaults["lr"] = lr
+        for group in new.param_groups:
+            group["lr"] = lr
+    return new
 
 
 def copy_optimizer_state(source: torch.optim.Optimizer, target: torch.optim.Optimizer) -> None:

@@ -12,7 +12,7 @@ from ..config import JobConfig
 
 def add_config_options(
     parser: argparse.ArgumentParser,
-    tables: str = "[run] [data] [model] [train]",
+    tables: str = "[run] [data] [model] [train] [backend]",
     example: str = "--set train.steps=300 --set run.backend=jax",
 ) -> None:
     """--config FILE / --set TABLE.KEY=VALUE (repeatable)."""
@@ -34,55 +34,30 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a run in run.run_dir")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     parser.add_argument(
-        "--nproc", type=int, default=None, help="torch data-parallel processes (runs torchrun)"
+        "--nproc",
+        type=int,
+        default=None,
+        help="data-parallel processes (backend.nproc; torch: runs torchrun)",
     )
 
 
 def launch_if_parallel(args: argparse.Namespace, cfg: JobConfig) -> int | None:
-    """Re-run this command under ``torchrun`` with ``run.nproc`` processes (torch backend).
+    """Re-run this command in several processes when the backend's options ask for it.
 
     Returns:
         The exit status of the parallel job, or ``None`` when this process should run the job.
     """
-    import os
-    import socket
-    import subprocess
-    import sys
+    from tandem_core.backend import training_backend
 
-    if cfg.run.nproc <= 1 or "WORLD_SIZE" in os.environ:
-        return None
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    argv, skip = [], False
-    for item in args.argv:  # drop --nproc: each rank runs the job itself
-        if skip or item.startswith("--nproc="):
-            skip = False
-            continue
-        skip = item == "--nproc"
-        if not skip:
-            argv.append(item)
-    # every rank must write to / read from the SAME run directory (no per-rank timestamp)
-    argv += ["--set", f'run.run_dir="{cfg.run.run_dir}"', "--set", f"run.nproc={cfg.run.nproc}"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={cfg.run.nproc}",
-        "--master_addr=127.0.0.1",
-        f"--master_port={port}",
-        "-m",
-        "tandem_adapters.cli",
-        *argv,
-    ]
-    return subprocess.run(cmd, check=False).returncode
+    backend = training_backend(cfg.run.backend)
+    return backend.launch(list(args.argv), cfg.backend, run_dir=cfg.run.run_dir)
 
 
 def load_job(args: argparse.Namespace, kind: str) -> JobConfig:
     """The job's configuration; an unset run_dir becomes runs/<data>-<kind>-<time>."""
     cfg = JobConfig.load(args.config, args.set)
     if args.nproc is not None:
-        cfg = cfg.replace(run={"nproc": args.nproc})
+        cfg = cfg.replace(backend={"nproc": args.nproc})
     if args.quiet:
         cfg = cfg.replace(run={"progress": False})
     explicit = any(o.split("=", 1)[0].strip() == "run.run_dir" for o in args.set)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 
@@ -52,26 +51,36 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _installed(backend: str) -> bool:
+    from tandem_core import load_backend
+
+    try:
+        load_backend(backend)
+    except (ImportError, ValueError):
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     """Time the engines and print the table."""
     set_threads(args.threads)
-    from tandem_core.config import ConfigError
+    from tandem_core import ConfigError
     from tandem_core.state import atomic_write
 
-    from ..bench import BACKEND_COLUMNS, compare_backends, format_table, machine_info
+    from ..bench import BACKEND_COLUMNS, ENGINES, compare_backends, format_table, machine_info
     from ..config import JobConfig
 
     engines = [e.strip() for e in (args.engines or DEFAULT_ENGINES).split(",") if e.strip()]
     if args.engines is None:
-        engines = [e for e in engines if importlib.util.find_spec(e.split("-")[0]) is not None]
+        engines = [e for e in engines if _installed(ENGINES[e][0])]
     if not engines or args.episodes < 1 or args.rounds < 1:
         raise ConfigError("bench needs at least one engine, --episodes >= 1 and --rounds >= 1")
     cfg = JobConfig.load(args.config, args.set)
-    t = cfg.train
+    t, p = cfg.train, cfg.train.params
     print(
         f"tandem bench: suite={cfg.data.suite} model d={cfg.model.d_model} L={cfg.model.n_layer} "
-        f"seq={cfg.data.seq_len} batch={t.batch_per_domain}/domain K={t.probe_steps} "
-        f"E={t.free_steps} seed={cfg.data.seed}; {args.rounds} rounds x {args.episodes} episodes"
+        f"seq={cfg.data.seq_len} batch={t.batch_per_domain}/domain K={p.probe_steps} "
+        f"E={p.free_steps} seed={cfg.data.seed}; {args.rounds} rounds x {args.episodes} episodes"
     )
     rows, _ = compare_backends(
         cfg,
@@ -81,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         echo=print,
         memory=not args.no_memory,
     )
-    for key, value in machine_info().items():
+    backends = sorted({ENGINES[e][0] for e in engines})
+    for key, value in machine_info(backends).items():
         print(f"  {key}: {value}")
     print(format_table(rows, BACKEND_COLUMNS))
     worst = max(r["alpha_diff"] for r in rows)

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     """Draw the plot."""
     import numpy as np
 
-    import tandem_core as tc
+    from tandem_core.run import RunResult
 
     from ..plots import plot_run
     from ..run_dir import RunDir
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.run_dir)
     doc = json.loads((path / "mixture.json").read_text())
     domains = tuple(doc["domains"])
-    result = tc.RunResult(
+    result = RunResult(
         domains=domains,
         method=doc["method"],
         average=np.array([doc["average"][d] for d in domains]),

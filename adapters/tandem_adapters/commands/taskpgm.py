@@ -1,4 +1,4 @@
-"""``tandem taskpgm``: a static task mixture from task affinities (TaskPGM, SPEC 3)."""
+"""``tandem taskpgm``: a static task mixture from task affinities (docs/methods.md, "TaskPGM")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """``tandem train``: train a fresh model with a fixed mixture; per-domain validation loss.
 
-``--weighting adapt`` adds ADAPT's online per-sample loss weights (SPEC 2: similarity of each
-sample's pooled hidden state to the anchor set, ``--anchor``, default the validation / target set);
+``--weighting adapt`` adds ADAPT's online per-sample loss weights (docs/methods.md: similarity of
+each sample's pooled hidden state to the anchor set, ``--anchor``, default the validation / target
+set);
 ``--weighting bm25`` uses static lexical BM25 scores against the anchors instead.
 """
 
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         sets.insert(0, f"train.weighting={json.dumps(args.weighting)}")
     args.set = sets
     cfg = load_job(args, "train")
-    if cfg.train.adapt_anchor and cfg.train.weighting == "none":
+    if cfg.train.adapt.adapt_anchor and cfg.train.weighting == "none":
         raise ConfigError("--anchor (train.adapt_anchor) needs --weighting adapt or bm25")
     launched = launch_if_parallel(args, cfg)
     if launched is not None:
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     what = "uniform" if weights is None else args.mixture
     if cfg.train.weighting != "none":
         what += f" + {cfg.train.weighting} weights (anchor: "
-        what += f"{cfg.train.adapt_anchor or 'validation set'})"
+        what += f"{cfg.train.adapt.adapt_anchor or 'validation set'})"
     print(f"tandem train: {what} -> {cfg.run.run_dir}")
     result = train(cfg, weights, resume=args.resume, overwrite=args.overwrite)
     if rank(cfg) != 0:

@@ -1,13 +1,14 @@
-"""Hugging Face causal LMs (torch only), from a local config or a local pretrained folder.
+"""Hugging Face causal LMs, from a local config or a local pretrained folder.
 
 Nothing is downloaded: configs and weights are read with ``local_files_only=True``. The model is
 checked against the data before training (vocabulary, context) with errors naming the keys.
 
 Dropout is switched off (every ``*dropout*`` / ``*pdrop*`` config value and every ``nn.Dropout``
 set to 0): the twins u and w would otherwise draw different masks on the same batch, and that noise
-swamps the small twin difference TANDEM measures; ``torch.func.vmap`` (fused twins, DoGE) also
-refuses random operations. Attention runs as configured (SDPA by default); ``prepare_for_training``
-switches it to the vmap-friendly eager kernel when the run vmaps over the model.
+swamps the small twin difference TANDEM measures; ``torch.func.vmap`` (fused twins, the alignment
+signal's per-domain gradients) also refuses random operations. Attention runs as configured (SDPA
+by default); ``prepare_for_training`` switches it to the vmap-friendly eager kernel when the run
+vmaps over the model.
 """
 
 from __future__ import annotations
@@ -15,21 +16,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tandem_core.config import ConfigError, TrainConfig
-
-from ..config import ModelConfig
+from tandem_core import ConfigError
+from tandem_core.run import ModelSpec
 
 __all__ = ["build_hf_model", "is_hf_model", "prepare_for_training", "zero_dropout"]
 
 CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx")
 
 
-def build_hf_model(spec: ModelConfig, *, backend: str, vocab_size: int, seq_len: int) -> Any:
+def build_hf_model(spec: ModelSpec, *, vocab_size: int, seq_len: int) -> Any:
     """An ``AutoModelForCausalLM`` from ``model.hf_config`` (random init) or ``model.hf_path``.
 
     Args:
         spec: the [model] table (``hf_config`` or ``hf_path``, ``seed``).
-        backend: must be ``"torch"``.
         vocab_size: the data's vocabulary size; the model's ``vocab_size`` must be at least this.
         seq_len: the training context; the model's context must be at least this.
 
@@ -37,14 +36,9 @@ def build_hf_model(spec: ModelConfig, *, backend: str, vocab_size: int, seq_len:
         A ``transformers.PreTrainedModel`` in train mode, dropout off.
 
     Raises:
-        ConfigError: JAX backend, both or missing paths, unreadable config or weights, vocabulary
-            or context too small.
+        ConfigError: both or missing paths, unreadable config or weights, vocabulary or context
+            too small.
     """
-    if backend != "torch":
-        raise ConfigError(
-            f"model.kind='hf' runs on the torch backend only (run.backend={backend!r}): Hugging "
-            "Face models are torch modules; use model.kind='tiny_gpt' or 'module' with JAX"
-        )
     if spec.hf_config and spec.hf_path:
         raise ConfigError("model.hf_config and model.hf_path are exclusive: give one")
     import torch
@@ -121,16 +115,20 @@ def is_hf_model(model: Any) -> bool:
     return any(c.__name__ == "PreTrainedModel" for c in type(model).__mro__)
 
 
-def prepare_for_training(model: Any, config: TrainConfig) -> Any:
-    """Eager attention when the run vmaps over the model (``fuse_twins`` or DoGE).
+def prepare_for_training(model: Any, *, vmapped: bool) -> Any:
+    """Eager attention when the run vmaps over the model (fused twins, the alignment signal).
 
     ``torch.func.vmap`` has no batching rule for the fused SDPA kernels (a slow per-sample fallback
     with a warning); the eager kernel is plain tensor algebra.
 
+    Args:
+        model: a ``transformers.PreTrainedModel`` (changed in place).
+        vmapped: whether the run vmaps over the model (otherwise ``model`` is returned as is).
+
     Raises:
         ConfigError: the model cannot switch its attention implementation.
     """
-    if not (config.fuse_twins or config.method == "doge"):
+    if not vmapped:
         return model
     if getattr(model.config, "_attn_implementation", "eager") != "eager":
         if hasattr(model, "set_attn_implementation"):
@@ -138,10 +136,9 @@ def prepare_for_training(model: Any, config: TrainConfig) -> Any:
         else:  # transformers < 4.48: the attention modules read the config at call time
             model.config._attn_implementation = "eager"
         if getattr(model.config, "_attn_implementation", None) != "eager":
-            what = "train.fuse_twins=true" if config.fuse_twins else "train.method='doge'"
             raise ConfigError(
-                f"{what} runs the model under torch.func.vmap, which needs eager attention, and "
-                f"{type(model).__name__} cannot switch to it; set train.fuse_twins=false or "
-                "use another method"
+                "backend.fuse_twins=true and the alignment signal run the model under "
+                f"torch.func.vmap, which needs eager attention, and {type(model).__name__} "
+                "cannot switch to it; set backend.fuse_twins=false or use another method"
             )
     return model

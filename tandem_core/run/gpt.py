@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import IGNORE_INDEX
+from ..data import IGNORE_INDEX
 
 __all__ = ["GPTConfig", "gpt_forward_numpy", "gpt_param_shapes", "init_gpt_params", "token_losses"]
 

@@ -1,0 +1,171 @@
+"""The method record: what a mixing method is to the rest of tandem (docs/architecture.md).
+
+A method is one record: its name, its ``MixtureTransform`` factory, its hyper-parameter dataclass
+(the keys it owns in the ``[train]`` table), the ``Signal`` it reads, and its ``Plan`` (what the
+run loop schedules: twin episodes, or a measurement every N steps with an optional reference
+model trained first). Engines measure signals and never see the method; the loop asks the plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from .._transform import MixtureTransform
+from ..errors import ConfigError
+from ..schedule import Schedule
+
+__all__ = [
+    "Episodes",
+    "EveryStep",
+    "Method",
+    "Plan",
+    "Signal",
+    "check_fields",
+    "check_types",
+]
+
+
+class Signal(str, enum.Enum):
+    """What a method reads, measured on device by a backend's engine (a small closed set).
+
+    Adding a method that reads one of these is one file; adding a signal is one function in each
+    backend's engine (docs/architecture.md).
+    """
+
+    NONE = "none"  # nothing: a fixed mixture (update(state, None) only counts)
+    PROXY_LOSSES = "proxy_losses"  # DomainStats: the proxy's per-domain mean loss on the batch
+    TWIN = "twin"  # TwinStats of proxy u and reference w after K probe steps (twin episodes)
+    EXCESS_LOSS = "excess_loss"  # DomainStats: per-token max(l_proxy - l_ref, 0), frozen ref
+    ALIGNMENT = "alignment"  # (M,): <grad L^m_train(u), grad L_val(u)>, per-domain alignment
+    SAMPLE_SCORES = "sample_scores"  # (B,): per-sample scores from hidden states (ADAPT weighting)
+
+    @property
+    def needs_val(self) -> bool:
+        """Whether measuring this signal reads a validation batch."""
+        return self in (Signal.TWIN, Signal.ALIGNMENT)
+
+
+class Episodes(NamedTuple):
+    """Twin episodes: SYNC, PROBE x K, UPDATE (the signal is measured), FREE x E (TANDEM)."""
+
+    schedule: Schedule
+    gamma: float = 1.0  # the reference's objective is L_val + gamma * L_train
+
+
+class EveryStep(NamedTuple):
+    """One proxy step per tick, with a mixture update every ``update_every`` steps.
+
+    The signal is measured on the step's batch and the mixture updated BEFORE the step uses it
+    (never a stale mixture).
+    """
+
+    update_every: int = 1
+    reference: bool = False  # a reference model is trained first (uniform mixture), then frozen
+    reference_steps: int = 0  # its budget (0: the proxy's, ``train.steps``)
+
+
+Plan = Episodes | EveryStep
+
+
+@dataclass(frozen=True)
+class Method:
+    """A mixing method as the CLI, the API, the run loop and the shared tests see it.
+
+    Attributes:
+        name: the ``train.method`` value (and the entry-point name in ``tandem.methods``).
+        signal: the ``Signal`` its update reads.
+        params: a frozen dataclass of its hyper-parameters (validated in ``__post_init__``); its
+            fields are the method's keys in the ``[train]`` table.
+        transform: ``transform(params, *, sizes, history) -> MixtureTransform``; ``sizes`` are
+            the tokens per domain (``natural`` and ``temperature`` read them).
+        plan: ``plan(params) -> Episodes | EveryStep``.
+        summary: one line for listings.
+    """
+
+    name: str
+    signal: Signal
+    params: type
+    transform: Callable[..., MixtureTransform]
+    plan: Callable[[Any], Plan]
+    summary: str = ""
+
+    def __post_init__(self) -> None:
+        if not dataclasses.is_dataclass(self.params):
+            raise TypeError(f"method {self.name!r}: params must be a dataclass type")
+        if not isinstance(self.signal, Signal):
+            raise TypeError(f"method {self.name!r}: signal must be a tandem_core Signal")
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The method's keys in the ``[train]`` table."""
+        return tuple(f.name for f in dataclasses.fields(self.params))
+
+    def make_params(self, values: Mapping[str, Any] = ()) -> Any:
+        """The validated hyper-parameters from ``{key: value}`` (unset keys take defaults)."""
+        values = dict(values)
+        unknown = sorted(set(values) - set(self.keys))
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {unknown} for method {self.name!r}; its keys: {list(self.keys)}"
+            )
+        return self.params(**values)
+
+
+def check_types(obj: Any, prefix: str = "") -> None:
+    """Check every field of a dataclass instance against its annotation (``ConfigError``).
+
+    ``int`` is accepted for ``float`` fields; ``bool`` only where annotated.
+    """
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, hint = getattr(obj, f.name), hints[f.name]
+        args = typing.get_args(hint)
+        allowed = tuple(a for a in args if a is not type(None)) or (hint,)
+        if allowed == (Any,) or (value is None and type(None) in args):
+            continue
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if isinstance(value, bool) and bool not in allowed:
+            raise ConfigError(f"{prefix}{f.name} must be {_names(allowed)}, got a bool ({value})")
+        if not isinstance(value, allowed):
+            raise ConfigError(
+                f"{prefix}{f.name} must be {_names(allowed)}, got {type(value).__name__} {value!r}"
+            )
+
+
+def check_fields(
+    obj: Any,
+    *,
+    choices: Mapping[str, Sequence[str]] | None = None,
+    positive: Sequence[str] = (),
+    nonnegative: Sequence[str] = (),
+    below_one: Sequence[str] = (),
+    prefix: str = "",
+) -> None:
+    """Types, then choices and ranges of a config dataclass; ``ConfigError`` names the key.
+
+    Every range check also rejects NaN and infinity; ``None`` (an unset optional) passes.
+    """
+    check_types(obj, prefix)
+    for key, allowed in (choices or {}).items():
+        if getattr(obj, key) not in allowed:
+            raise ConfigError(f"{prefix}{key}={getattr(obj, key)!r} is not one of {tuple(allowed)}")
+    for keys, test, what in (
+        (positive, lambda v: 0 < v < math.inf, "> 0 and finite"),
+        (nonnegative, lambda v: 0 <= v < math.inf, "finite and >= 0"),
+        (below_one, lambda v: 0 <= v < 1, "in [0, 1)"),
+    ):
+        for key in keys:
+            value = getattr(obj, key)
+            if value is not None and not test(value):
+                raise ConfigError(f"{prefix}{key} must be {what}, got {value}")
+
+
+def _names(types: tuple) -> str:
+    return " or ".join(getattr(t, "__name__", str(t)) for t in types)

@@ -1,0 +1,106 @@
+"""Every registered method (entry points ``tandem.methods``, built-ins and plugins alike) keeps the
+shared invariants (tests/method_checks.py), and the registry behaves."""
+
+import pytest
+from method_checks import check_record, check_run_and_resume, check_transform
+
+import tandem_core as tc
+from tandem_core import methods
+from tandem_core.methods import Method, Signal, all_methods, get_method
+
+BUILT_IN = {"tandem", "doremi", "doge", "uniform", "natural", "temperature"}
+NAMES = sorted(m.name for m in all_methods())
+
+
+def test_built_ins_register_through_entry_points():
+    assert BUILT_IN <= set(methods.available_methods())
+    for name in BUILT_IN:
+        record = get_method(name)
+        assert isinstance(record, Method) and record.name == name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_transform_invariants(xp, name):
+    check_transform(get_method(name), xp)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_record_and_config_round_trip(name):
+    check_record(get_method(name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_run_on_the_simplex_and_resume_bitwise(kit, name, tmp_path):
+    check_run_and_resume(kit, name, tmp_path, reference_steps=3)
+
+
+def test_unknown_method_names_the_registered_ones():
+    with pytest.raises(
+        tc.ConfigError, match=r"unknown method 'nope'; registered methods: .*tandem"
+    ):
+        get_method("nope")
+    with pytest.raises(tc.ConfigError, match="unknown method 'nope'"):
+        tc_train({"method": "nope"})
+
+
+def tc_train(values):
+    from tandem_core.run import TrainConfig
+
+    return TrainConfig.from_mapping(values)
+
+
+def test_keys_of_another_method_are_named():
+    with pytest.raises(tc.ConfigError, match=r"eta_alpha is a key of method\(s\) \['tandem'\]"):
+        tc_train({"method": "doremi", "eta_alpha": 1.0})
+    with pytest.raises(tc.ConfigError, match="unknown training key"):
+        tc_train({"method": "tandem", "no_such_key": 1})
+    assert tc_train({"method": "tandem"}).replace(method="doremi").method == "doremi"
+
+
+def test_values_are_checked_by_the_method(xp):
+    del xp
+    for values, message in [
+        ({"floor": float("nan")}, "floor must be finite and >= 0"),
+        ({"eta_alpha": 0}, "eta_alpha must be > 0 and finite"),
+        ({"alpha_step": "adam"}, "alpha_step='adam' is not one of"),
+        ({"episode": "total", "free_steps": 2}, "E must be >= K"),
+        ({"method": "doremi", "eta_mixture": -1.0}, "eta_mixture must be > 0 and finite"),
+        (
+            {"method": "temperature", "temperature": float("inf")},
+            "temperature must be > 0 and finite",
+        ),
+    ]:
+        with pytest.raises(tc.ConfigError, match=message):
+            tc_train(values)
+
+
+class _EntryPoint:
+    def __init__(self, name, obj):
+        self.name, self.value, self._obj = name, f"pkg:{name}", obj
+
+    def load(self):
+        if isinstance(self._obj, Exception):
+            raise self._obj
+        return self._obj
+
+
+def test_broken_and_wrong_plugins_are_named(monkeypatch):
+    import importlib.metadata
+
+    eps = [_EntryPoint("broken", ImportError("no module x")), _EntryPoint("odd", object())]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: eps)
+    methods.refresh_methods()
+    try:
+        with pytest.raises(tc.ConfigError, match=r"method 'broken' \(pkg:broken\) failed to load"):
+            get_method("broken")
+        with pytest.raises(tc.ConfigError, match="must be a tandem_core.methods.Method"):
+            get_method("odd")
+        with pytest.warns(RuntimeWarning, match="failed to load|must be a tandem_core"):
+            assert all_methods() == []
+    finally:
+        monkeypatch.undo()
+        methods.refresh_methods()
+
+
+def test_signals_that_read_validation_batches():
+    assert {s for s in Signal if s.needs_val} == {Signal.TWIN, Signal.ALIGNMENT}
