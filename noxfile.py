@@ -1,4 +1,5 @@
-"""The test matrix. `nox` runs lint + tests for every backend; `nox -s slow dist bench` the rest.
+"""The test matrix. `nox` runs lint + tests for every backend; `nox -s slow dist examples bench`
+the rest.
 
 Sessions reuse their virtualenvs and install through uv when it is available. torch is pinned by
 constraints.txt (its CPU wheel); where PIP_FIND_LINKS names a local wheel folder, uv is told so.
@@ -16,10 +17,10 @@ nox.options.sessions = ["lint", "tests"]
 
 # backend -> (extras to install, namespaces the core tests run against, pytest marker expression)
 MATRIX = {
-    "numpy": ("dev", "numpy,array_api_strict", "not slow and not cross"),
-    "torch": ("dev,torch,hf", "torch", "not slow and not cross"),
-    "jax": ("dev,jax", "jax", "not slow and not cross"),
-    "cross": ("dev,torch,jax,hf", "numpy,torch,jax", "cross and not slow"),
+    "numpy": ("dev", "numpy,array_api_strict", "not slow and not cross and not examples"),
+    "torch": ("dev,torch,hf", "torch", "not slow and not cross and not examples"),
+    "jax": ("dev,jax", "jax", "not slow and not cross and not examples"),
+    "cross": ("dev,torch,jax,hf", "numpy,torch,jax", "cross and not slow and not examples"),
 }
 ALL_EXTRAS = "dev,torch,jax,hf"
 
@@ -60,6 +61,14 @@ def dist(session: nox.Session) -> None:
     install(session, ALL_EXTRAS)
     env = {"TANDEM_TEST_BACKENDS": "numpy,torch,jax", "OMP_NUM_THREADS": "1"}
     session.run("pytest", "-m", "dist", *(session.posargs or ["-q"]), env=env)
+
+
+@nox.session
+def examples(session: nox.Session) -> None:
+    """The examples run as written; the twin loops learn the mixture of `tandem optimize`."""
+    install(session, ALL_EXTRAS)
+    env = {"TANDEM_TEST_BACKENDS": "numpy,torch,jax", "OMP_NUM_THREADS": "1"}
+    session.run(*pytest_args(session, "examples"), env=env)
 
 
 @nox.session

@@ -1,4 +1,4 @@
-"""ADAPT in your own training loop (SPEC 2.3), with PyTorch or JAX: ``python adapt_loop.py [jax]``.
+"""ADAPT in your own training loop, with PyTorch or JAX: ``python adapt_loop.py [jax]``.
 
 Per step: ONE forward gives the logits and the last hidden states; the pooled hidden states,
 compared with the anchor centroid, give per-sample weights (constants for the optimiser); the loss
@@ -6,7 +6,8 @@ is ``sum_i w_i l_i / B``. Every ``R`` steps the centroid is recomputed from the 
 suite's target validation data) with the current model, forward only. On the planted suite the
 ``easy`` and ``noise`` domains end up with lower weights than ``target_like``.
 
-Inside ``tandem train`` (CLI) or ``MixtureRun`` the same is ``TrainConfig(weighting="adapt")``.
+Inside ``tandem train`` (CLI) or ``MixtureRun`` the same is the ``[train]`` key
+``weighting = "adapt"`` (docs/methods.md, ADAPT).
 """
 
 import sys
@@ -15,13 +16,14 @@ import numpy as np
 
 import tandem_core as tc
 from tandem_adapters.data import TokenSampler, make_suite
+from tandem_core.run import GPTConfig, init_gpt_params
 
 STEPS, R, TAU = 150, 25, 0.1
 corpus = make_suite("planted", seed=0, vocab_size=32)
 sampler = TokenSampler(corpus, seq_len=16, seed=0)
 anchors = sampler.validation_sets(64)[0]  # the target set: tokens, labels (B, T)
-gpt = tc.GPTConfig(vocab_size=32, seq_len=16, d_model=32, n_layer=1, n_head=2)
-params = tc.gpt.init_gpt_params(gpt, 0)
+gpt = GPTConfig(vocab_size=32, seq_len=16, d_model=32, n_layer=1, n_head=2)
+params = init_gpt_params(gpt, 0)
 transform = tc.adapt(tau=TAU, refresh_every=R)
 weights_seen = []
 
@@ -40,13 +42,13 @@ def torch_loop() -> None:
             with torch.no_grad():
                 labels = torch.as_tensor(anchors["labels"])
                 _, hidden = model(torch.as_tensor(anchors["tokens"]), return_hidden=True)
-                phi = tc.pool_hidden(hidden, tc.adapt_mask(labels))  # (V, H)
+                phi = tc.pool_hidden(hidden, tc.input_mask(labels))  # (V, H)
                 state = transform.refresh(state, phi, step)
         batch = sampler.train_batch(8)
         labels = torch.as_tensor(batch["labels"])
         logits, hidden = model(torch.as_tensor(batch["tokens"]), return_hidden=True)
         losses, _ = per_sample_loss(logits, labels)
-        w = transform.weights(state, hidden.detach(), tc.adapt_mask(labels)).detach()
+        w = transform.weights(state, hidden.detach(), tc.input_mask(labels)).detach()
         loss = tc.weighted_loss(losses, w)  # sum_i w_i l_i / B
         opt.zero_grad()
         loss.backward()
@@ -70,7 +72,7 @@ def jax_loop() -> None:
     @eqx.filter_jit
     def refresh(model, state, tokens, labels, step):
         _, hidden = model(tokens)  # forward only: no gradient is taken here
-        return transform.refresh(state, tc.pool_hidden(hidden, tc.adapt_mask(labels)), step)
+        return transform.refresh(state, tc.pool_hidden(hidden, tc.input_mask(labels)), step)
 
     @eqx.filter_jit
     def train_step(model, opt, state, tokens, labels):
@@ -78,7 +80,7 @@ def jax_loop() -> None:
             logits, hidden = m(tokens)
             losses, _ = per_sample_loss(logits, labels)
             w = jax.lax.stop_gradient(
-                transform.weights(state, jax.lax.stop_gradient(hidden), tc.adapt_mask(labels))
+                transform.weights(state, jax.lax.stop_gradient(hidden), tc.input_mask(labels))
             )
             return tc.weighted_loss(losses, w), w
 
