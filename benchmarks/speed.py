@@ -538,8 +538,8 @@ def main(argv: list[str] | None = None) -> Report:
     report(
         f"task: suite {cfg.data.suite}, tiny GPT d={cfg.model.d_model} L={cfg.model.n_layer} "
         f"heads={cfg.model.n_head}, seq {cfg.data.seq_len}, {t.batch_per_domain} rows/domain, val "
-        f"{t.val_batch_size} rows, eval {t.eval_per_domain}/domain, K={t.probe_steps} "
-        f"E={t.free_steps}, {t.optimizer} lr {t.lr}, seed {cfg.data.seed}, {t.dtype}"
+        f"{t.val_batch_size} rows, eval {t.eval_per_domain}/domain, K={t.params.probe_steps} "
+        f"E={t.params.free_steps}, {t.optimizer} lr {t.lr}, seed {cfg.data.seed}, {t.dtype}"
     )
     _, runs = backend_table(report, cfg, engines, args)
     comps = overhead_and_episode(report, runs, args.repeat)
