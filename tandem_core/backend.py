@@ -18,13 +18,13 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.metadata
-import warnings
 from typing import Any, Protocol, runtime_checkable
 
 import array_api_compat
 import array_api_compat.numpy
 import numpy as np
 
+from ._plugins import registered
 from ._utils import Array
 from .errors import ConfigError
 
@@ -130,18 +130,7 @@ class NumpyBackend:
 
 @functools.lru_cache(maxsize=1)
 def _entry_points() -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in found and found[ep.name].value != ep.value:
-            warnings.warn(
-                f"backend {ep.name!r} registered twice ({found[ep.name].value} and {ep.value}); "
-                "using the first",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            continue
-        found.setdefault(ep.name, ep)
-    return found
+    return registered(ENTRY_POINT_GROUP, "backend")
 
 
 def training_backend(name: str) -> TrainingBackend:

@@ -14,6 +14,7 @@ import functools
 import importlib.metadata
 import warnings
 
+from .._plugins import registered
 from ..errors import ConfigError
 from ._record import Episodes as Episodes
 from ._record import EveryStep as EveryStep
@@ -43,18 +44,7 @@ ENTRY_POINT_GROUP = "tandem.methods"
 
 @functools.lru_cache(maxsize=1)
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
-    found: dict[str, importlib.metadata.EntryPoint] = {}
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in found and found[ep.name].value != ep.value:
-            warnings.warn(
-                f"method {ep.name!r} registered twice ({found[ep.name].value} and {ep.value}); "
-                "using the first",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            continue
-        found.setdefault(ep.name, ep)
-    return found
+    return registered(ENTRY_POINT_GROUP, "method")
 
 
 def available_methods() -> list[str]:
