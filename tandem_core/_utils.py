@@ -25,8 +25,9 @@ def _family(x: Any) -> str:
 
 
 def is_torch(x: Any) -> bool:
-    """Whether ``x`` is a torch tensor (without importing torch)."""
-    return _family(x) == "torch"
+    """Whether ``x`` is a torch tensor (without importing torch: none exists before it is)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def is_numpy(x: Any) -> bool:

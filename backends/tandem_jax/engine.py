@@ -257,7 +257,7 @@ class _Compiled:
 
     Their executables live and die with the engine: a module-level jit taking the spec as a
     static argument would keep every engine's executables in JAX's cache for the life of the
-    process (and TaskPGM or a benchmark builds many engines).
+    process (and a task-mixture job or a benchmark builds many engines).
     """
 
     def __init__(self, spec: twins.TwinSpec) -> None:
