@@ -24,6 +24,8 @@ SAMPLING = ("reweight", "sample")
 NONFINITE = ("skip", "zero", "raise")
 DTYPES = ("float32", "float64")
 WEIGHTINGS = ("none", "adapt", "bm25")
+POSITIVE = ("steps", "lr", "eps", "batch_per_domain", "val_batch_size", "eval_per_domain")
+POSITIVE += ("log_every", "eval_max_per_domain", "accumulate", "lr_reference", "grad_clip")
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,9 @@ class TrainConfig:
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
     def __post_init__(self) -> None:
-        method = get_method(self.method) if isinstance(self.method, str) else None
-        if method is None:
+        if not isinstance(self.method, str):
             raise ConfigError(f"method must be a str, got {type(self.method).__name__}")
+        method = get_method(self.method)
         if self.params is None:
             object.__setattr__(self, "params", method.make_params())
         elif not isinstance(self.params, method.params):
@@ -88,15 +90,10 @@ class TrainConfig:
                 "dtype": DTYPES,
                 "weighting": WEIGHTINGS,
             },
-            positive=("steps", "lr", "eps", "batch_per_domain", "val_batch_size"),
+            positive=POSITIVE,
             nonnegative=("weight_decay", "momentum", "eval_every"),
             below_one=("beta1", "beta2"),
         )
-        check_fields(
-            self,
-            positive=("eval_per_domain", "log_every", "eval_max_per_domain", "accumulate"),
-        )
-        check_fields(self, positive=("lr_reference", "grad_clip"))
         for key in ("batch_per_domain", "val_batch_size", "eval_per_domain"):
             if getattr(self, key) % self.accumulate:
                 raise ConfigError(
