@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from backend_kits import SMALL, available_kits, toy_config
 from toy_data import ToySampler, toy_sampler
-from utils import asarray, assert_close
+from utils import a_backend, asarray, assert_close
 
 import tandem_core as tc
 from tandem_core.run import GPTConfig, MixtureRun, ModelSpec, TrainConfig
@@ -551,10 +551,11 @@ def test_cli_rejects_weighting_where_it_does_not_apply(tmp_path, capsys):
 
     run_dir = tmp_path / "opt"
     sets = ["--set", "train.weighting=adapt", "--set", f'run.run_dir="{run_dir}"', "-q"]
+    sets += ["--set", f"run.backend={a_backend()}"]
     assert main(["optimize", *sets]) == 2
     assert "not with method='tandem'" in capsys.readouterr().err
     assert not run_dir.exists()  # refused before anything was written
-    assert main(["train", "--anchor", "x.txt", "-q"]) == 2
+    assert main(["train", "--anchor", "x.txt", "-q", "--set", f"run.backend={a_backend()}"]) == 2
     assert "--anchor (train.adapt_anchor) needs --weighting" in capsys.readouterr().err
 
 

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from utils import installed_backends
 
 from tandem_adapters.cli import main
 
@@ -47,18 +48,7 @@ def _metrics(run_dir):
     return rows
 
 
-def _backends():
-    out = []
-    for name in ("torch", "jax"):
-        try:
-            __import__(name)
-            out.append(name)
-        except ImportError:
-            continue
-    return out
-
-
-BACKENDS = _backends()
+BACKENDS = installed_backends()
 # a model backend is an optional extra: the numpy-only session has neither
 needs_backend = pytest.mark.skipif(not BACKENDS, reason="needs torch or jax")
 

@@ -130,20 +130,15 @@ def test_torch_factory_errors(torch, name, message):
 
 
 def test_bad_module_paths():
+    # found before any backend is involved (tandem_core.run.model.load_factory)
+    from tandem_core.run.model import load_factory
+
     with pytest.raises(ConfigError, match="cannot import 'no_such_package.models'"):
-        build_model(
-            ModelConfig(kind="module", module="no_such_package.models:make"),
-            backend="torch",
-            vocab_size=V,
-            seq_len=T,
-        )
+        load_factory("no_such_package.models:make")
     with pytest.raises(ConfigError, match="expected 'package.module:factory'"):
-        build_model(
-            ModelConfig(kind="module", module="custom_models:"),
-            backend="torch",
-            vocab_size=V,
-            seq_len=T,
-        )
+        load_factory("custom_models:")
+    with pytest.raises(ConfigError, match="model.kind='module' needs model.module"):
+        ModelConfig(kind="module", module="no_colon")
 
 
 # ---------------------------------------------------------------- jax

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 from scipy.special import log_softmax
+from utils import a_backend
 
 import tandem_core as tc
 from tandem_adapters import cli
@@ -214,7 +215,11 @@ def test_cli_bad_config_exits_2(tmp_path, capsys):
 
 
 def test_config_round_trip():
-    cfg = JobConfig.from_mapping({"taskpgm": {"lam": 1, "budget": 3, "affinity": "exp"}})
+    tables = {
+        "taskpgm": {"lam": 1, "budget": 3, "affinity": "exp"},
+        "run": {"backend": a_backend()},
+    }
+    cfg = JobConfig.from_mapping(tables)
     assert cfg.taskpgm.lam == 1.0 and isinstance(cfg.taskpgm.lam, float)
     assert JobConfig.from_mapping(cfg.to_mapping()) == cfg
 
@@ -222,10 +227,10 @@ def test_config_round_trip():
 def test_no_probe_data_is_a_data_error(streams, tmp_path):
     no_val = from_arrays({"a": streams["a"], "b": streams["b"]}, vocab_size=V)
     with pytest.raises(DataError, match="probe set"):
-        run_taskpgm(job("torch", tmp_path), tasks=no_val)
+        run_taskpgm(job(a_backend(), tmp_path), tasks=no_val)
     target = from_arrays({"a": streams["a"]}, target=streams["b"], vocab_size=V)
     with pytest.raises(DataError, match="pmi"):
-        run_taskpgm(job("torch", tmp_path, affinity="pmi"), tasks=target)
+        run_taskpgm(job(a_backend(), tmp_path, affinity="pmi"), tasks=target)
     assert not (tmp_path / "mixture.json").exists()  # checked before any work
 
 

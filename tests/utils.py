@@ -59,3 +59,20 @@ def asarray(xp: Any, x: Any, dtype: Any = None) -> Any:
     return (
         xp.asarray(np.asarray(x), dtype=dtype) if dtype is not None else xp.asarray(np.asarray(x))
     )
+
+
+def installed_backends() -> list[str]:
+    """The training backends whose framework imports here (the numpy-only session has none)."""
+    import importlib.util
+
+    return [name for name in ("torch", "jax") if importlib.util.find_spec(name) is not None]
+
+
+def a_backend() -> str:
+    """An installed training backend's name; skips the test where there is none."""
+    import pytest
+
+    names = installed_backends()
+    if not names:
+        pytest.skip("needs a model backend (torch or jax)")
+    return names[0]
