@@ -125,6 +125,8 @@ def test_missing_data_and_existing_run_dir(tmp_path, capsys):
                 f'data.path="{tmp_path}/nope"',
                 "--set",
                 f'run.run_dir="{tmp_path}/r"',
+                "--set",
+                f"run.backend={BACKENDS[0]}",
             ]
         )
         == 1

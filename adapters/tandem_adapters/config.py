@@ -66,7 +66,7 @@ class DataConfig:
     tokenizer: str = ""  # a local tokenizer.json (default: byte-level)
     bin_dtype: str = "uint16"
     seq_len: int = 32
-    seed: int = 0
+    seed: int = 0  # the suite's generation and the validation split (train.seed: batch order)
     suite_vocab_size: int = 32
     suite_tokens_per_domain: int = 20000
     suite_val: str = "target"  # target | per_domain

@@ -145,7 +145,7 @@ def build_run(
     """Sampler, model, the backend's engine and the run loop for a job (``anchors``: ADAPT's)."""
     backend = training_backend(cfg.run.backend)
     backend.setup(cfg.backend)
-    sampler = TokenSampler(corpus, cfg.data.seq_len, seed=cfg.data.seed)
+    sampler = TokenSampler(corpus, cfg.data.seq_len, seed=cfg.train.seed)
     model = backend.build_model(cfg.model, vocab_size=corpus.vocab_size, seq_len=cfg.data.seq_len)
     engine = backend.make_engine(
         model,

@@ -7,6 +7,7 @@ tiny GPT or a user's equinox model, and the ``JaxEngine`` over a ``data`` mesh o
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import equinox as eqx
@@ -47,7 +48,9 @@ class JaxBackend:
 
     # ------------------------------------------------------------------ processes
     def setup(self, options: JaxOptions) -> None:
-        """Start the multi-host runtime once when ``options.distributed``."""
+        """Deterministic GPU kernels; the multi-host runtime once when ``options.distributed``."""
+        if options.deterministic:
+            deterministic_kernels()
         if options.distributed and not jax.distributed.is_initialized():
             jax.distributed.initialize()
 
@@ -150,3 +153,18 @@ class JaxBackend:
             "optax": optax.__version__,
             "accelerator": ", ".join(kinds),
         }
+
+
+def deterministic_kernels() -> None:
+    """Ask XLA for deterministic GPU kernels (``backend.deterministic``, docs/reliability.md).
+
+    The flag is read when JAX starts its backends, so it is added to ``XLA_FLAGS`` only before
+    that (a job calls ``setup`` before it touches a device); on CPU, XLA's kernels are
+    deterministic already and the flag changes nothing.
+    """
+    from jax._src import xla_bridge
+
+    flag = "--xla_gpu_deterministic_ops=true"
+    flags = os.environ.get("XLA_FLAGS", "")
+    if flag not in flags and not xla_bridge.backends_are_initialized():
+        os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()

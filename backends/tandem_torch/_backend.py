@@ -47,9 +47,10 @@ class TorchBackend:
 
     # ------------------------------------------------------------------ processes
     def setup(self, options: TorchOptions) -> None:
-        """Threads (``backend.threads > 0``), and the process group under ``torchrun``."""
+        """Threads, deterministic kernels, and the process group under ``torchrun``."""
         if options.threads > 0:
             torch.set_num_threads(options.threads)
+        deterministic_kernels(options.deterministic)
         device = default_device(options.device)
         if device.type == "cuda" and device.index is not None and "WORLD_SIZE" in os.environ:
             torch.cuda.set_device(device)  # NCCL: one GPU per rank
@@ -138,3 +139,18 @@ class TorchBackend:
             "torch threads": str(torch.get_num_threads()),
             "accelerator": gpu,
         }
+
+
+def deterministic_kernels(on: bool) -> None:
+    """Deterministic torch kernels in this process (``backend.deterministic``; reliability.md).
+
+    ``torch.use_deterministic_algorithms`` picks the deterministic CPU and CUDA implementations
+    (index_add / scatter_add sums, embedding backward), cuDNN's autotuner stays off, and cuBLAS
+    gets the fixed workspace it needs (``CUBLAS_WORKSPACE_CONFIG``, read when CUDA starts). An op
+    with no deterministic implementation warns (``warn_only``) instead of stopping the run.
+    """
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False

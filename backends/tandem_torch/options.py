@@ -20,6 +20,9 @@ class TorchOptions:
     compile: bool = False  # torch.compile the loss functions
     fuse_twins: bool = False  # both twins' losses in one vmapped forward (one process)
     fsdp: bool = False  # shard the twins with FSDP2 instead of DDP (nproc > 1)
+    # deterministic kernels: the same seed, config and thread count give a bit-identical run
+    # (multi-threaded CPU and CUDA scatter/index-add kernels otherwise add in varying order)
+    deterministic: bool = True
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("nproc",), nonnegative=("threads",), prefix="backend.")

@@ -59,7 +59,7 @@ class TrainConfig:
     log_every: int = 50
     eval_every: int = 0  # validation-set evaluation every N proxy steps (0: at the end only)
     eval_max_per_domain: int = 64
-    seed: int = 0
+    seed: int = 0  # the run's batch order (data.seed: the data itself; model.seed: its init)
     dtype: str = "float32"
     # a non-finite gradient: skip the step exactly (parameters and optimizer state kept; torch
     # keeps a backup of them), zero the gradient only (no backup; momentum and decay still

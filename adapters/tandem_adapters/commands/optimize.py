@@ -25,6 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "synthetic suite, on CPU, printing the learned mixture next to the known answer.",
     )
     add_job_options(p)
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N seeds (train.seed and model.seed + 0..N-1, in run_dir/seed-k) and report "
+        "the mean mixture with its per-domain standard deviation",
+    )
     p.set_defaults(run=run)
 
 
@@ -37,21 +45,31 @@ def run(args: argparse.Namespace) -> int:
     if launched is not None:
         return launched
     known = load_corpus(cfg.data).known_answer
+    seeds = f", {args.seeds} seeds" if args.seeds > 1 else ""
     print(
-        f"tandem optimize: method={cfg.train.method} backend={cfg.run.backend} -> {cfg.run.run_dir}"
+        f"tandem optimize: method={cfg.train.method} backend={cfg.run.backend}{seeds} -> "
+        f"{cfg.run.run_dir}"
     )
-    result = optimize(cfg, resume=args.resume, overwrite=args.overwrite)
+    if args.seeds > 1:
+        from ..seeds import optimize_seeds
+
+        out = optimize_seeds(cfg, args.seeds, resume=args.resume, overwrite=args.overwrite)
+        result = out.mean
+        columns = {"average": result.average, "± std": out.std_average, "last": result.last}
+    else:
+        result = optimize(cfg, resume=args.resume, overwrite=args.overwrite)
+        columns = {"average": result.average, "last": result.last}
     if rank(cfg) != 0:
         return 0
-    m = len(result.domains)
-    columns = {"average": result.average, "last": result.last, "uniform": np.full(m, 1 / m)}
+    columns["uniform"] = np.full(len(result.domains), 1 / len(result.domains))
     print(mixture_table(result.domains, columns, known_answer_notes(known)))
     for line in verdict(result.domains, result.average, known):
         print(line)
     if result.val_losses is not None:
         vals = ", ".join(f"{d}={v:.4f}" for d, v in zip(result.val_domains, result.val_losses))
         print(f"proxy validation loss: {vals}")
-    print(f"wrote {cfg.run.run_dir}/mixture.json (average = the mixture to use), mixture.png")
+    what = f"mean over {args.seeds} seeds, " if args.seeds > 1 else ""
+    print(f"wrote {cfg.run.run_dir}/mixture.json ({what}average = the mixture to use), mixture.png")
     return 0
 
 
