@@ -4,7 +4,7 @@ Sections: (1) backend table, JAX jit vs torch eager vs torch.compile on one task
 overhead, accounting + mixture update vs one probe step; (3) episode cost vs the analytic cost
 (docs/methods.md, TANDEM cost); (4) twin fusion (vmap) vs sequential twins; (5) accounting +
 update vs the number of domains M and the batch size, and training throughput vs the batch size;
-(6) host syncs per step.
+(6) host syncs per step; (7) the cost of deterministic kernels.
 
 Timings are ratios of measurements interleaved in this process (the machine may be shared);
 absolute times are printed for context only. Usage:
@@ -509,6 +509,50 @@ def host_syncs(report: Report, runs: dict) -> None:
         )
 
 
+def determinism_cost(report: Report, cfg: Any, rounds: int) -> None:
+    """Section 7: torch episodes with ``backend.deterministic`` on (the default) and off."""
+    import json
+    import subprocess
+
+    from tandem_adapters.bench import format_table
+
+    report("\n## 7. Deterministic kernels (backend.deterministic) vs not, torch")
+    rows = []
+    for threads in (1, 2):
+        speed: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(rounds):  # alternating fresh processes: the setting is process-wide
+            for det in (True, False):
+                sub = cfg.replace(backend={"deterministic": det, "threads": threads})
+                payload = json.dumps(sub.to_mapping())
+                cmd = [sys.executable, __file__, "--episode-probe", payload]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=900)
+                speed[det].append(float(out.stdout.strip().splitlines()[-1]))
+        on, off = med(speed[True]), med(speed[False])
+        rows.append({"threads": threads, "on": on, "off": off, "ratio": on / off})
+    cols = [("threads", "threads", "d"), ("on", "deterministic steps/s", ".1f")]
+    cols += [("off", "not steps/s", ".1f"), ("ratio", "deterministic / not", ".3f")]
+    report(format_table(rows, cols))
+    report(
+        f"median over {rounds} alternating fresh processes of 2 timed episodes each (after one "
+        "warm-up episode); torch eager, the task above."
+    )
+
+
+def episode_probe(payload: str) -> float:
+    """Steps/s of 2 episodes of the job ``payload`` (a JobConfig mapping), after a warm-up."""
+    import json
+
+    from tandem_adapters.bench import time_blocks
+    from tandem_adapters.config import JobConfig
+    from tandem_adapters.jobs import build_run, load_corpus
+
+    cfg = JobConfig.from_mapping(json.loads(payload))
+    run = build_run(cfg.replace(train={"log_every": 10**9}), load_corpus(cfg.data))
+    time_blocks(run, 1, cfg.run.backend)
+    seconds, steps = time_blocks(run, 2, cfg.run.backend)
+    return steps / seconds
+
+
 # ----------------------------------------------------------------------------- main
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -521,11 +565,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", default="4,16,64", help="rows per domain of section 5b")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    p.add_argument("--episode-probe", help=argparse.SUPPRESS)  # section 7's child processes
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> Report:
     args = parse(argv)
+    if args.episode_probe:
+        print(episode_probe(args.episode_probe))
+        return Report()
     _common.setup_env()
     start = time.perf_counter()
     from tandem_adapters.config import JobConfig
@@ -547,6 +595,8 @@ def main(argv: list[str] | None = None) -> Report:
     scale_domains(report, [int(m) for m in args.domains.split(",")], 4096, ["numpy", *backends])
     scale_batch(report, cfg, [int(b) for b in args.batch_sizes.split(",")], backends)
     host_syncs(report, {k: v for k, v in runs.items() if k in ("torch", "jax")})
+    if "torch" in backends:
+        determinism_cost(report, cfg.replace(run={"backend": "torch"}), 3)
     _common.finish(report, "speed", "Speed", start, write=args.write)
     return report
 

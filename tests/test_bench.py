@@ -89,6 +89,13 @@ def test_speed_sections_on_torch():
     assert int(reads.split()[4]) > 0  # a logging step reads on purpose: the counter is live
 
 
+def test_determinism_probe_times_episodes_of_a_job():
+    import json
+
+    cfg = tiny_job().replace(run={"backend": "torch"}, backend={"deterministic": False})
+    assert speed.episode_probe(json.dumps(cfg.to_mapping())) > 0
+
+
 def test_machinery_and_scaling_in_domains():
     import tandem_core as tc
 

@@ -276,3 +276,25 @@ def test_nproc_two_matches_one_process(tmp_path, extra):
     np.testing.assert_allclose(
         np.array(_mixture(one)["trajectory"]), np.array(_mixture(two)["trajectory"]), atol=1e-5
     )
+
+
+@needs_backend
+def test_seeds_report_mean_and_spread(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["optimize", *_args(run, steps=20), "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "± std" in out and "mean over 2 seeds" in out
+    doc = _mixture(run)
+    seeds = [_mixture(run / f"seed-{k}") for k in range(2)]
+    assert doc["seeds"]["train_seeds"] == [0, 1] and doc["seeds"]["model_seeds"] == [0, 1]
+    for d in doc["domains"]:
+        values = [s["average"][d] for s in seeds]
+        assert doc["average"][d] == pytest.approx(np.mean(values), abs=1e-12)
+        assert doc["seeds"]["std_average"][d] == pytest.approx(np.std(values), abs=1e-12)
+    assert seeds[0]["average"] != seeds[1]["average"]  # other init, other batch order
+    assert main(["optimize", *_args(run, steps=20), "--seeds", "2"]) == 1  # a run is there
+    assert "--resume" in capsys.readouterr().err
+    # --resume reads finished seeds back: the summary is unchanged
+    assert main(["optimize", *_args(run, steps=20), "--seeds", "2", "--resume"]) == 0
+    assert _mixture(run)["average"] == doc["average"]
+    assert main(["optimize", *_args(tmp_path / "x", steps=20), "--seeds", "0"]) == 2

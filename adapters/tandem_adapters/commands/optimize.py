@@ -40,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the job and print the mixture."""
     from ..jobs import load_corpus, optimize, rank
 
+    if args.seeds < 1:
+        from tandem_core import ConfigError
+
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     cfg = load_job(args, cfg_kind(args))
     launched = launch_if_parallel(args, cfg)
     if launched is not None:
