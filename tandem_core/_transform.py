@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -9,12 +10,15 @@ from ._utils import (
     Array,
     array_device,
     as_namespace,
+    is_numpy,
+    is_torch,
     namespace,
     safe_increment,
     to_numpy,
+    tree_leaves,
     tree_where,
 )
-from .accounting import MISSING_POLICIES, fill_missing
+from .accounting import MISSING_POLICIES, check_stats, fill_missing
 from .simplex import time_average
 from .stages import Stage
 
@@ -41,7 +45,7 @@ class MixtureState(NamedTuple):
     last_signal: Array  # (M,) float: last gradient seen per domain (missing policy "carry")
     seen: Array  # (M,) bool: whether last_signal holds a real value
     missing: Array  # (M,) int32: updates at which each domain was missing from the statistics
-    skipped: Array  # () int32: updates skipped because the signal or the result was not finite
+    skipped: Array  # () int32: updates skipped: signal or result not finite, or off the simplex
     history: Array  # (H, M) float: ring buffer of the last H mixtures (H = 0 keeps none)
     inner: Any  # the stage chain's state: tuple of NamedTuples of arrays
 
@@ -50,7 +54,7 @@ class MixtureTransform(NamedTuple):
     """A mixture algorithm as a pair of pure functions (optax ``GradientTransformation`` style).
 
     ``init(num_domains, *, xp=None, dtype=None, device=None) -> MixtureState`` and
-    ``update(state, stats, **extra) -> MixtureState``.
+    ``update(state, stats, *, checked=None, **extra) -> MixtureState``.
     """
 
     init: Callable[..., MixtureState]
@@ -77,13 +81,22 @@ def mixture_transform(
     missing: str = "carry",
     history: int = 0,
     initial: InitialFn = uniform_initial,
+    floor: float = 0.0,
 ) -> MixtureTransform:
     """Build a ``MixtureTransform`` from a signal function and a stage chain.
 
     ``update`` reads the per-domain gradient from the statistics, fills missing domains by the
-    policy, runs the stages, and keeps the state unchanged (counting it in ``skipped``) when the
-    gradient or the new mixture is not finite, so alpha is never NaN. No Python branch depends on
-    array values: the update runs under ``jax.jit`` and ``torch.compile``.
+    policy, runs the stages, and keeps the state unchanged (counting it in ``skipped``) unless the
+    gradient, the new mixture and the stages' new state are finite and the new mixture is on the
+    simplex (``alpha >= floor - tol``, ``|sum(alpha) - 1| <= tol``, ``tol = (2 M + 8) eps`` of
+    the dtype), so a wrong mixture is never reported. No Python branch depends on array values:
+    the update runs under ``jax.jit`` and ``torch.compile``.
+
+    ``update(state, stats, *, checked=None, **extra)`` checks the statistics' shapes always
+    (``check_stats``: a ``TwinStats``' twins must cover the same ``M`` domains as the mixture)
+    and, with ``checked``, their counts' values (a negative count raises). ``checked=None``
+    checks the values when the statistics are numpy arrays (host memory: free); device arrays
+    (torch, JAX) are read only with ``checked=True``, eagerly, since that is a device sync.
 
     Args:
         signal: ``f(stats, *, xp, like) -> (grad (M,), present (M,) bool)``, descent convention.
@@ -91,25 +104,33 @@ def mixture_transform(
         missing: missing-domain policy, one of ``carry | zero | skip``.
         history: number of past mixtures kept on device in ``state.history`` (0: none).
         initial: ``f(M, *, xp, dtype, device) -> alpha (M,)``; uniform by default.
+        floor: the minimum weight per domain the stages guarantee (the guard's lower bound).
 
     Returns:
         A ``MixtureTransform``.
+
+    Raises:
+        ValueError: an unknown policy, a negative or non-integer ``history``, a floor outside
+            ``[0, 1)``; ``init`` raises on a non-integer or non-positive ``num_domains`` or a
+            non-floating dtype.
     """
     if missing not in MISSING_POLICIES:
         raise ValueError(
             f"unknown missing-domain policy {missing!r}; choose one of {MISSING_POLICIES}"
         )
-    if history < 0:
-        raise ValueError(f"history must be >= 0, got {history}")
+    history = _integer("history", history, low=0)
+    if not 0.0 <= floor < 1.0:
+        raise ValueError(f"floor must be in [0, 1), got {floor}")
 
     def init(
         num_domains: int, *, xp: Any = None, dtype: Any = None, device: Any = None
     ) -> MixtureState:
-        if int(num_domains) < 1:
-            raise ValueError(f"num_domains must be >= 1, got {num_domains}")
+        num_domains = _integer("num_domains", num_domains, low=1)
         xp = as_namespace(xp)
         dtype = xp.asarray(0.0).dtype if dtype is None else dtype
-        alpha = initial(int(num_domains), xp=xp, dtype=dtype, device=device)
+        if not xp.isdtype(dtype, "real floating"):
+            raise ValueError(f"dtype must be a real floating dtype for alpha, got {dtype}")
+        alpha = initial(num_domains, xp=xp, dtype=dtype, device=device)
         zeros = xp.zeros_like(alpha)
         dev = array_device(alpha)
         int_zero = xp.zeros((), dtype=xp.int32, device=dev)
@@ -125,8 +146,14 @@ def mixture_transform(
             inner=stage.init(alpha),
         )
 
-    def update(state: MixtureState, stats: Any, **extra: Any) -> MixtureState:
+    def update(
+        state: MixtureState, stats: Any, *, checked: bool | None = None, **extra: Any
+    ) -> MixtureState:
         xp = namespace(state.alpha)
+        leaves = tree_leaves(stats)
+        _check_namespace(state.alpha, leaves)
+        on_host = checked is None and all(is_numpy(x) for x in leaves)
+        check_stats(stats, state.alpha.shape[-1], checked=checked or on_host)
         grad, present = signal(stats, xp=xp, like=state.alpha)
         if grad.shape != state.alpha.shape:
             raise ValueError(
@@ -136,7 +163,7 @@ def mixture_transform(
         grad = xp.astype(grad, state.alpha.dtype)
         filled, mask = fill_missing(grad, present, state.last_signal, state.seen, missing)
         alpha, _, inner = stage.update(state.alpha, filled, state.inner, mask=mask, **extra)
-        ok = xp.all(xp.isfinite(filled)) & xp.all(xp.isfinite(alpha))
+        ok = _finite(filled, alpha, inner, xp=xp) & _on_simplex(alpha, floor, xp=xp)
         candidate = MixtureState(
             alpha=alpha,
             alpha_sum=state.alpha_sum + alpha,
@@ -154,6 +181,49 @@ def mixture_transform(
         )
 
     return MixtureTransform(init, update)
+
+
+def _integer(name: str, value: Any, *, low: int) -> int:
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer >= {low}, got {value!r}")
+    if number < low:
+        raise ValueError(f"{name} must be >= {low}, got {number}")
+    return number
+
+
+def _check_namespace(alpha: Array, leaves: list) -> None:
+    """Statistics from another array library than the state's cannot be mixed into it."""
+    numpy_state, torch_state = is_numpy(alpha), is_torch(alpha)
+    for leaf in leaves:
+        if isinstance(leaf, (int, float)):
+            continue
+        if (numpy_state and not is_numpy(leaf)) or torch_state != is_torch(leaf):
+            raise TypeError(
+                f"the statistics are {type(leaf).__module__}.{type(leaf).__name__} arrays but "
+                f"the mixture state holds {type(alpha).__module__}.{type(alpha).__name__}: "
+                "create the state in the statistics' library, e.g. transform.init(M, "
+                "xp=torch, device=losses.device) (or a backend's twins.init_mixture(transform))"
+            )
+
+
+def _finite(*trees: Any, xp: Any) -> Array:
+    """One bool: every floating leaf of ``trees`` is finite (integer leaves always are)."""
+    leaves = [x for x in tree_leaves(trees) if xp.isdtype(x.dtype, "real floating")]
+    ok = xp.all(xp.isfinite(leaves[0]))
+    for leaf in leaves[1:]:
+        ok = ok & xp.all(xp.isfinite(leaf))
+    return ok
+
+
+def _on_simplex(alpha: Array, floor: float, *, xp: Any) -> Array:
+    """One bool: ``alpha >= floor`` and ``sum(alpha) == 1`` up to a few roundings per domain."""
+    tol = (2 * alpha.shape[-1] + 8) * float(xp.finfo(alpha.dtype).eps)
+    total = xp.sum(alpha, axis=-1)
+    return xp.all(alpha >= floor - tol) & xp.all(xp.abs(total - 1.0) <= tol)
 
 
 def _record(history: Array, count: Array, alpha: Array, *, xp: Any) -> Array:

@@ -96,6 +96,13 @@ def tree_where(cond: Array, a: Any, b: Any, *, xp: Any) -> Any:
     return xp.where(cond, a, b)
 
 
+def tree_leaves(tree: Any) -> list:
+    """The array leaves of a nest of tuples / NamedTuples, in order (``None`` dropped)."""
+    if isinstance(tree, tuple):
+        return [leaf for x in tree for leaf in tree_leaves(x)]
+    return [] if tree is None else [tree]
+
+
 def tree_map(fn: Any, tree: Any) -> Any:
     """Apply ``fn`` to every array leaf of a nest of tuples / NamedTuples (``None`` kept)."""
     if isinstance(tree, tuple):

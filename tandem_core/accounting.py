@@ -27,6 +27,7 @@ __all__ = [
     "DomainStats",
     "TwinStats",
     "all_reduce_stats",
+    "check_stats",
     "domain_means",
     "domain_stats",
     "excess_loss_stats",
@@ -201,6 +202,77 @@ def _invalid(stats: DomainStats, *, xp: Any) -> Array:
     return xp.zeros(stats.sums.shape[:-1], dtype=stats.sums.dtype, device=array_device(stats.sums))
 
 
+def _check_pair(stats: DomainStats, name: str) -> int:
+    """Static check of one ``DomainStats``: sums and counts of one shape ``(..., M)``; returns M."""
+    sums, counts = stats.sums, stats.counts
+    if sums.ndim < 1 or tuple(sums.shape) != tuple(counts.shape):
+        raise ValueError(
+            f"{name}: sums and counts must have the same shape (..., M), got sums "
+            f"{tuple(sums.shape)} and counts {tuple(counts.shape)}"
+        )
+    return sums.shape[-1]
+
+
+def _check_twins(stats: TwinStats) -> int:
+    m_u = _check_pair(stats.proxy, "TwinStats.proxy")
+    m_w = _check_pair(stats.reference, "TwinStats.reference")
+    if tuple(stats.proxy.sums.shape) != tuple(stats.reference.sums.shape):
+        raise ValueError(
+            f"TwinStats: proxy covers {m_u} domains (shape {tuple(stats.proxy.sums.shape)}) but "
+            f"reference covers {m_w} (shape {tuple(stats.reference.sums.shape)}): measure both "
+            "twins on the same M domains"
+        )
+    return m_u
+
+
+def check_stats(stats: Any, num_domains: int | None = None, *, checked: bool | None = None) -> None:
+    """Raise ``ValueError`` on statistics that no update can use, naming what is wrong.
+
+    Shapes are always checked (they are static, also under jit): a ``DomainStats``' sums and
+    counts share one shape ``(..., M)``, a ``TwinStats``' proxy and reference have the same
+    shape, and ``M == num_domains`` when given. With ``checked`` the counts' values are read too:
+    a negative count is a bug of the caller (counts are sample or token numbers), not a training
+    fault, so it raises. A non-finite sum or count is left to the transforms' guard.
+
+    Args:
+        stats: ``DomainStats``, ``TwinStats``, or anything else (an array, ``None``: ignored).
+        num_domains: the mixture's ``M``, or ``None``.
+        checked: read the counts on the host (a device sync). ``None``: check unless traced.
+
+    Raises:
+        ValueError: mismatched shapes, a wrong number of domains, or (when checked) a negative
+            count; also ``checked=True`` on traced statistics.
+    """
+    if isinstance(stats, TwinStats):
+        m, parts = _check_twins(stats), (("proxy", stats.proxy), ("reference", stats.reference))
+    elif isinstance(stats, DomainStats):
+        m, parts = _check_pair(stats, "DomainStats"), (("", stats),)
+    else:
+        return
+    if num_domains is not None and m != num_domains:
+        raise ValueError(
+            f"statistics cover {m} domains, the mixture has {num_domains}: check num_domains "
+            "against the data"
+        )
+    for name, part in parts:
+        traced = is_traced(part.counts)
+        if checked and traced:
+            raise ValueError("checked=True needs concrete statistics; under jit use checked=False")
+        if checked or (checked is None and not traced):
+            _check_counts(part.counts, f"{name}.counts" if name else "counts")
+
+
+def _check_counts(counts: Array, name: str) -> None:
+    values = to_numpy(counts)
+    bad = np.flatnonzero(values.reshape(-1) < 0)
+    if bad.size:
+        index = np.unravel_index(bad[0], values.shape)
+        raise ValueError(
+            f"DomainStats {name} has a negative value {values[index]} at domain {index[-1]} "
+            f"(index {tuple(int(i) for i in index)}): counts are sample or token numbers, >= 0"
+        )
+
+
 def merge_stats(a: Any, b: Any) -> Any:
     """Sum two partial statistics (micro-batches, ranks): ``DomainStats`` or ``TwinStats``.
 
@@ -213,6 +285,10 @@ def merge_stats(a: Any, b: Any) -> Any:
     """
     if isinstance(a, TwinStats):
         return TwinStats(merge_stats(a.proxy, b.proxy), merge_stats(a.reference, b.reference))
+    if _check_pair(a, "merge_stats(a)") != _check_pair(b, "merge_stats(b)"):
+        raise ValueError(
+            f"merge_stats: a covers {a.sums.shape[-1]} domains, b covers {b.sums.shape[-1]}"
+        )
     xp = namespace(a.sums, b.sums)
     invalid = None
     if a.invalid is not None or b.invalid is not None:
@@ -284,6 +360,7 @@ def domain_means(stats: DomainStats) -> tuple[Array, Array]:
     Returns:
         ``(means, present)``: float ``(..., M)`` (0 where missing) and bool ``(..., M)``.
     """
+    _check_pair(stats, "DomainStats")
     xp = namespace(stats.sums, stats.counts)
     present = stats.counts > 0
     safe = xp.where(present, stats.counts, xp.ones_like(stats.counts))
@@ -302,6 +379,7 @@ def twin_delta(stats: TwinStats) -> tuple[Array, Array]:
         ``(delta, present)``: float ``(..., M)`` (0 where missing) and bool ``(..., M)``, a domain
         being present when both twins saw it.
     """
+    _check_twins(stats)
     mean_w, seen_w = domain_means(stats.reference)
     mean_u, seen_u = domain_means(stats.proxy)
     return mean_w - mean_u, seen_w & seen_u

@@ -10,6 +10,7 @@ TANDEM: ``g = gamma * Delta`` (its paper's Eq. 5); DoReMi: ``g = -excess``; DoGE
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -99,8 +100,8 @@ def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
 
 def _check_positive(**values: float) -> None:
     for name, value in values.items():
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
+        if not 0 < value < math.inf:
+            raise ValueError(f"{name} must be > 0 and finite, got {value}")
 
 
 def tandem(
@@ -160,7 +161,8 @@ def tandem(
         stages.append(smoothing_stage(smoothing))
     if step == "eg" and floor > 0:
         stages.append(simplex_projection(floor))
-    return mixture_transform(_twin_signal(gamma), chain(*stages), missing=missing, history=history)
+    signal = _twin_signal(gamma)
+    return mixture_transform(signal, chain(*stages), missing=missing, history=history, floor=floor)
 
 
 def doremi(
@@ -225,9 +227,10 @@ def temperature(sizes: Sequence[float], t: float = 1.0, *, history: int = 0) -> 
     Returns:
         A ``MixtureTransform`` whose ``init`` must be called with ``num_domains == len(sizes)``.
     """
-    _check_positive(t=t)
+    if not t > 0:  # t = inf is the uniform limit
+        raise ValueError(f"t must be > 0, got {t}")
     sizes = [float(n) for n in sizes]
-    if not sizes or any(not n > 0 for n in sizes):
+    if not sizes or any(not 0 < n < math.inf for n in sizes):
         raise ValueError(f"sizes must be a non-empty list of positive numbers, got {sizes}")
     powered = [n ** (1.0 / t) for n in sizes]
     weights = [p / sum(powered) for p in powered]

@@ -27,6 +27,7 @@ Example loop::
 from __future__ import annotations
 
 import enum
+import operator
 from typing import Any, NamedTuple
 
 from ._utils import Array, array_device, namespace
@@ -45,12 +46,26 @@ class Phase(enum.IntEnum):
     FREE = 3
 
 
-class Schedule(NamedTuple):
-    """Episode layout: ``probe_steps`` (K) and ``free_steps`` (E, read according to ``episode``)."""
-
+class _Layout(NamedTuple):
     probe_steps: int
     free_steps: int
     episode: str = "free"
+
+
+class Schedule(_Layout):
+    """Episode layout: ``probe_steps`` (K) and ``free_steps`` (E, read according to ``episode``).
+
+    Validated on construction: K an integer >= 1, E an integer >= 0 (>= K with
+    ``episode="total"``), ``episode`` one of ``EPISODE_MEANINGS``; ``ValueError`` otherwise.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, probe_steps: int, free_steps: int, episode: str = "free") -> Schedule:
+        """A validated ``Schedule`` (raises ``ValueError`` naming the bad field)."""
+        sched = super().__new__(cls, probe_steps, free_steps, episode)
+        _validate(sched)
+        return sched
 
     @property
     def free(self) -> int:
@@ -70,15 +85,15 @@ class Schedule(NamedTuple):
 
     def phase(self, tick: int) -> Phase:
         """The ``Phase`` of ``tick`` (a Python int >= 0)."""
-        return Phase(_code(tick % self.length, self.probe_steps))
+        return Phase(_code(_tick(tick) % self.length, self.probe_steps))
 
     def episode_index(self, tick: int) -> int:
         """Index of the episode that ``tick`` belongs to."""
-        return tick // self.length
+        return _tick(tick) // self.length
 
     def proxy_steps_before(self, tick: int) -> int:
         """Proxy optimizer steps taken before ``tick`` (for logging in the user's step units)."""
-        done, j = divmod(tick, self.length)
+        done, j = divmod(_tick(tick), self.length)
         within = 0 if j == 0 else min(j - 1, self.probe_steps) + max(j - self.probe_steps - 2, 0)
         return done * self.proxy_steps + within
 
@@ -88,15 +103,33 @@ def _validate(s: Schedule) -> None:
         raise ValueError(
             f"episode={s.episode!r} is not supported; choose one of {EPISODE_MEANINGS}"
         )
-    if int(s.probe_steps) < 1:
-        raise ValueError(f"probe_steps (K) must be >= 1, got {s.probe_steps}")
-    if int(s.free_steps) < 0:
-        raise ValueError(f"free_steps (E) must be >= 0, got {s.free_steps}")
+    for name, value, low in (
+        ("probe_steps (K)", s.probe_steps, 1),
+        ("free_steps (E)", s.free_steps, 0),
+    ):
+        if isinstance(value, bool) or not _is_index(value):
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
     if s.episode == "total" and s.free_steps < s.probe_steps:
         raise ValueError(
             f"with episode='total', E={s.free_steps} counts the K={s.probe_steps} probing steps: "
             "E must be >= K"
         )
+
+
+def _is_index(value: Any) -> bool:
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _tick(tick: Any) -> int:
+    if isinstance(tick, bool) or not _is_index(tick) or tick < 0:
+        raise ValueError(f"tick must be an integer >= 0, got {tick!r}")
+    return operator.index(tick)
 
 
 def _code(j: Any, k: int) -> Any:

@@ -5,22 +5,47 @@ Every function is batched over leading axes; the simplex axis is the last one (s
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from ._utils import Array, namespace
+import numpy as np
+
+from ._utils import Array, is_traced, namespace, to_numpy
 
 __all__ = ["eg_step", "project_simplex", "running_mean", "smooth", "time_average"]
 
 
 def _check_floor(floor: Any, total: Any, num: int) -> None:
+    if isinstance(total, (int, float)) and not 0 < total < math.inf:
+        raise ValueError(f"total must be > 0 and finite, got {total}")
     if isinstance(floor, (int, float)) and isinstance(total, (int, float)):
-        if floor < 0:
+        if not floor >= 0:
             raise ValueError(f"floor must be >= 0, got {floor}")
         if floor > 0 and num * floor >= total:
             raise ValueError(
                 f"floor={floor} is infeasible for M={num} domains: M * floor = {num * floor} must "
                 f"be < {total}; use floor < {total / num}"
             )
+
+
+def _check_floating(name: str, x: Array, *, xp: Any) -> None:
+    if x.ndim < 1 or not xp.isdtype(x.dtype, "real floating"):
+        raise ValueError(
+            f"{name} must be a real floating array of shape (..., M), got dtype {x.dtype} and "
+            f"shape {tuple(x.shape)}"
+        )
+
+
+def _check_broadcast(name: str, x: Array, shape: tuple, target: str) -> None:
+    try:
+        fits = np.broadcast_shapes(tuple(x.shape), tuple(shape)) == tuple(shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{name} of shape {tuple(x.shape)} does not broadcast to {target}'s shape "
+            f"{tuple(shape)}"
+        )
 
 
 def project_simplex(
@@ -33,8 +58,14 @@ def project_simplex(
     ``theta = max_j (sum_{i<=j} s_i - z) / j`` over the descending sort ``s``, which needs no
     gather and so runs in every Array API namespace and under jit.
 
+    Exact for every finite input: the coordinates are shifted by their maximum first (the
+    projection is shift invariant), so the cumulative sums only add numbers of the size of the
+    mass ``z``, and a coordinate more than ``z + 1`` below the maximum (which the projection
+    sets to ``floor`` whatever its value) enters as ``-(z + 1)``, so nothing overflows. Without
+    the shift, ``[3e7, -2e7, 1e7, 5e6, -2.5e7]`` in float32 or ``[1e308] * 3`` lose the simplex.
+
     Args:
-        v: array of shape ``(..., M)``, any real floating dtype.
+        v: array of shape ``(..., M)``, any real floating dtype, finite values.
         floor: minimum weight per coordinate; ``M * floor < total`` is required.
         total: the mass of the simplex, a scalar or an array broadcastable to ``(..., 1)``.
         mask: optional bool array of shape ``(..., M)``. Only ``True`` coordinates are projected
@@ -44,7 +75,8 @@ def project_simplex(
         Array of the shape and dtype of ``v``.
 
     Raises:
-        ValueError: if the floor is negative or infeasible (``M * floor >= total``).
+        ValueError: if ``v`` is not a floating array ``(..., M)``, the mask does not broadcast to
+            it, or the floor is negative or infeasible (``M * floor >= total``).
 
     Examples:
         >>> import numpy as np
@@ -52,38 +84,69 @@ def project_simplex(
         [0.5, 0.5, 0.0]
         >>> project_simplex(np.array([1.0, 1.0, 0.0]), floor=0.1).round(6).tolist()
         [0.45, 0.45, 0.1]
+        >>> project_simplex(np.array([3e7, -2e7, 1e7], dtype=np.float32)).tolist()
+        [1.0, 0.0, 0.0]
     """
     xp = namespace(v, mask)
+    _check_floating("v", v, xp=xp)
     num = v.shape[-1]
     if mask is None:  # with a mask the total is data (the moving domains' mass), not a user setting
         _check_floor(floor, total, num)
+    else:
+        _check_broadcast("mask", mask, v.shape, "v")
     active = xp.ones(v.shape, dtype=xp.bool) if mask is None else xp.broadcast_to(mask, v.shape)
     n_active = xp.sum(xp.astype(active, v.dtype), axis=-1, keepdims=True)
     mass = total - n_active * floor
     y = xp.where(active, v - floor, xp.asarray(-xp.inf, dtype=v.dtype))
+    top = xp.max(y, axis=-1, keepdims=True)
+    top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))  # no active coordinate at all
+    reach = mass + 1.0  # theta >= top - mass: anything further below the top projects to 0
+    near = y >= top - reach
+    y = xp.where(near, xp.where(near, y, top) - top, -reach)  # <= 0, >= -reach: no overflow
     s = xp.sort(y, axis=-1, descending=True)
     j = xp.reshape(xp.arange(1, num + 1, dtype=v.dtype), (1,) * (v.ndim - 1) + (num,))
     theta = xp.max((xp.cumulative_sum(s, axis=-1) - mass) / j, axis=-1, keepdims=True)
-    theta = xp.where(xp.isfinite(theta), theta, xp.zeros_like(theta))  # no active coordinate at all
     out = xp.maximum(y - theta, xp.zeros_like(y)) + floor
     return xp.where(active, out, v)
 
 
-def eg_step(alpha: Array, grad: Array, lr: float | Array, *, mask: Array | None = None) -> Array:
+def eg_step(
+    alpha: Array,
+    grad: Array,
+    lr: float | Array,
+    *,
+    mask: Array | None = None,
+    checked: bool | None = None,
+) -> Array:
     """Exponentiated-gradient (mirror descent) step: ``alpha * exp(-lr * grad)``, renormalised.
 
     Computed as a max-shifted softmax of ``log(alpha) - lr * grad``, so large ``lr * grad`` cannot
-    overflow. Zero weights stay zero.
+    overflow. Zero weights stay zero. The result is normalised to 1 (with a ``mask``: the moving
+    coordinates to ``1 - sum(frozen)``), not to ``alpha``'s own sum, so rounding does not
+    accumulate over many steps.
+
+    A non-finite ``grad`` or ``lr`` has no meaningful step (the result would be NaN): a Python
+    ``lr`` is always checked, and with ``checked`` (the default whenever the arrays are concrete)
+    so are the values of ``grad`` and of an array ``lr``. Under ``jax.jit`` or ``torch.compile``
+    values cannot be read, so nothing is raised and the result is not finite: the mixture
+    transforms call this with ``checked=False`` and their guard skips such an update (it counts
+    it in ``MixtureState.skipped``).
 
     Args:
         alpha: array of shape ``(..., M)`` on the simplex.
         grad: array broadcastable to ``alpha``; lower values gain weight.
-        lr: step size (a scalar).
+        lr: step size (a finite scalar).
         mask: optional bool array ``(..., M)``: only ``True`` coordinates move; together they keep
-            their current total mass, the others are returned unchanged.
+            their total mass ``1 - sum(frozen)``, the others are returned unchanged.
+        checked: raise ``ValueError`` on a non-finite ``grad`` or ``lr`` array. ``None``: check
+            unless traced. Checking reads the arrays on the host (a device sync).
 
     Returns:
         Array of the shape and dtype of ``alpha``, on the simplex.
+
+    Raises:
+        ValueError: a non-finite Python ``lr``; ``grad`` or ``mask`` not broadcastable to
+            ``alpha``; with ``checked``, a non-finite value in ``grad`` or in an array ``lr``.
 
     Examples:
         >>> import numpy as np
@@ -91,6 +154,14 @@ def eg_step(alpha: Array, grad: Array, lr: float | Array, *, mask: Array | None 
         [0.75, 0.25]
     """
     xp = namespace(alpha, grad, mask)
+    _check_floating("alpha", alpha, xp=xp)
+    _check_broadcast("grad", grad, alpha.shape, "alpha")
+    if mask is not None:
+        _check_broadcast("mask", mask, alpha.shape, "alpha")
+    if isinstance(lr, (int, float)) and not math.isfinite(lr):
+        raise ValueError(f"lr must be finite, got {lr}")
+    if checked or checked is None:
+        _check_finite(bool(checked), grad=grad, lr=lr)
     grad = xp.astype(xp.asarray(grad), alpha.dtype)
     active = (
         xp.ones(alpha.shape, dtype=xp.bool) if mask is None else xp.broadcast_to(mask, alpha.shape)
@@ -104,9 +175,30 @@ def eg_step(alpha: Array, grad: Array, lr: float | Array, *, mask: Array | None 
     shift = xp.where(xp.isfinite(shift), shift, xp.zeros_like(shift))
     unnorm = xp.exp(logits - shift)
     norm = xp.sum(unnorm, axis=-1, keepdims=True)
-    mass = xp.sum(xp.where(active, alpha, xp.zeros_like(alpha)), axis=-1, keepdims=True)
+    # the moving coordinates' target mass is 1 minus the frozen ones' (not their current sum,
+    # which would carry every step's rounding into the next: a float32 drift of ~1e-5)
+    frozen = xp.sum(xp.where(active, xp.zeros_like(alpha), alpha), axis=-1, keepdims=True)
+    mass = 1.0 - frozen if mask is not None else 1.0
     scaled = unnorm * (mass / xp.where(norm > 0, norm, xp.ones_like(norm)))
     return xp.where(active, scaled, alpha)
+
+
+def _check_finite(strict: bool, **arrays: Any) -> None:
+    for name, x in arrays.items():
+        if isinstance(x, (int, float)) or (is_traced(x) and not strict):
+            continue
+        if is_traced(x):
+            raise ValueError(
+                f"checked=True needs a concrete {name}; under jit use checked=False (the mixture "
+                "transforms' guard skips a non-finite step)"
+            )
+        values = np.asarray(to_numpy(x), dtype=np.float64).reshape(-1)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise ValueError(
+                f"{name} has a non-finite value {values[bad[0]]} at flat index {int(bad[0])} "
+                f"({bad.size} of {values.size}): the step would make the mixture NaN"
+            )
 
 
 def smooth(alpha: Array, c: float) -> Array:

@@ -8,6 +8,7 @@ threads both through a sequence. Gradients follow the descent convention: lower 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -43,8 +44,8 @@ class EmptyState(NamedTuple):
 
 
 def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+    if not 0 < value < math.inf:
+        raise ValueError(f"{name} must be > 0 and finite, got {value}")
 
 
 def identity() -> Stage:
@@ -79,6 +80,8 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-12) -> Stage:
     """
     if not 0.0 <= decay < 1.0:
         raise ValueError(f"decay must be in [0, 1), got {decay}")
+    if not 0.0 <= eps < math.inf:
+        raise ValueError(f"eps must be >= 0 and finite, got {eps}")
 
     def init(alpha: Array) -> RmsState:
         xp = namespace(alpha)
@@ -131,8 +134,8 @@ def simplex_projection(floor: float = 0.0) -> Stage:
     Returns:
         A stateless ``Stage``.
     """
-    if floor < 0:
-        raise ValueError(f"floor must be >= 0, got {floor}")
+    if not 0.0 <= floor < 1.0:
+        raise ValueError(f"floor must be in [0, 1), got {floor}")
 
     def init(alpha: Array) -> EmptyState:
         project_simplex(alpha, floor)  # raises early if M * floor >= 1
@@ -160,7 +163,8 @@ def exponentiated_gradient(lr: float) -> Stage:
     _positive("lr", lr)
 
     def update(alpha, grad, state, *, mask=None, **extra):
-        return eg_step(alpha, grad, lr, mask=mask), grad, state
+        # values unchecked (no sync, jit-safe): a non-finite step is the transform guard's
+        return eg_step(alpha, grad, lr, mask=mask, checked=False), grad, state
 
     return Stage(lambda alpha: EmptyState(), update)
 

@@ -9,11 +9,14 @@ other.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
 import os
-import tempfile
+import re
+import secrets
+import stat
 import zipfile
 from collections import namedtuple
 from collections.abc import Callable
@@ -32,6 +35,7 @@ __all__ = [
     "load_state",
     "read_metadata",
     "save_state",
+    "temp_files",
 ]
 
 FORMAT = "tandem-state"
@@ -66,7 +70,15 @@ def _flatten(tree: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
             "items": {k: _flatten(v, f"{path}{k}/", arrays) for k, v in tree.items()},
         }
     key = path.rstrip("/") or "leaf"
-    arrays[key] = np.asarray(to_numpy(tree), order="C")  # ascontiguousarray makes 0-d 1-d
+    array = np.asarray(to_numpy(tree), order="C")  # ascontiguousarray makes 0-d 1-d
+    if array.dtype.hasobject or array.dtype.kind not in "biufcmMSUV":
+        # np.savez would pickle it and load_state (allow_pickle=False) could never read it back
+        raise TypeError(
+            f"save_state: the leaf at {key!r} ({type(tree).__name__}) is an array of dtype "
+            f"{array.dtype}: only numeric, bool and string arrays can be saved; convert it "
+            "(e.g. np.asarray(x, dtype=float)) or store it in metadata"
+        )
+    arrays[key] = array
     return {"kind": "array", "key": key, "dtype": str(getattr(tree, "dtype", arrays[key].dtype))}
 
 
@@ -90,6 +102,10 @@ def save_state(path: str | os.PathLike, state: Any, *, metadata: dict | None = N
 
     Returns:
         The path written.
+
+    Raises:
+        TypeError: a leaf that is an object array (or converts to one), or a dict with
+            non-string keys; nothing is written.
     """
     path = Path(path)
     arrays: dict[str, np.ndarray] = {}
@@ -104,7 +120,10 @@ def atomic_write(path: str | os.PathLike, write: bytes | str | Callable[[Any], N
     """Write a file through a temporary file in the same folder, fsync and rename.
 
     A crash or a failing writer (disk full) leaves the previous complete file, or none, never a
-    partial one, and no temporary file behind.
+    partial one. A failing writer leaves no temporary file behind; a killed process may leave
+    one, named ``.<name>.<8 characters>.tmp`` (``temp_files`` finds them). The file gets the
+    permissions ``open()`` would give it: those of the file it replaces, else ``0o666`` less the
+    umask.
 
     Args:
         path: destination.
@@ -115,9 +134,12 @@ def atomic_write(path: str | os.PathLike, write: bytes | str | Callable[[Any], N
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):  # keep the mode of the file it replaces (POSIX)
+                with contextlib.suppress(FileNotFoundError):
+                    os.fchmod(f.fileno(), stat.S_IMODE(os.stat(path).st_mode))
             if callable(write):
                 write(f)
             else:
@@ -126,9 +148,52 @@ def atomic_write(path: str | os.PathLike, write: bytes | str | Callable[[Any], N
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+_TEMP_TOKEN = r"[a-z0-9_]{8}"  # also matches the names of tempfile.mkstemp (older versions)
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new ``.<name>.<token>.tmp`` beside ``path``; mode 0o666 less the umask (like open)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (best effort: not every platform can open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_files(path: str | os.PathLike) -> list[Path]:
+    """Temporary files that ``atomic_write(path, ...)`` left behind (a killed writer).
+
+    Only tandem's own pattern, ``.<name>.<8 characters>.tmp`` in the same folder, matches.
+    Delete them only when no writer of ``path`` is alive (e.g. under the run directory's lock).
+    """
+    path = Path(path)
+    pattern = re.compile(re.escape(f".{path.name}.") + _TEMP_TOKEN + re.escape(".tmp"))
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name))
 
 
 def _read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:

@@ -6,16 +6,25 @@ import numpy as np
 
 
 def project_simplex_bisection(v: np.ndarray, floor: float = 0.0, total: float = 1.0) -> np.ndarray:
-    """KKT form of the projection: x = max(v - theta, floor), theta bisected on sum(x) = total."""
-    v = np.asarray(v, dtype=np.float64)
-    lo, hi = v.min() - total - 1.0, v.max() + 1.0
+    """KKT form of the projection: x = max(v - theta, floor), theta bisected on sum(x) = total.
+
+    Python floats after the shift by the max (exact for huge inputs: theta lies within
+    ``[max - total, max]``, and coordinates further below the max are ``floor``).
+    """
+    v = [float(x) for x in np.asarray(v, dtype=np.float64)]
+    top = max(v)
+    # v_i - top in exact rational arithmetic would be ideal; clamping far coordinates (which
+    # project to the floor whatever their value) keeps the difference finite
+    w = [x - top if x >= top - total - 1.0 else -total - 1.0 for x in v]
+    lo, hi = -total - 1.0, 1.0
     for _ in range(200):
         mid = 0.5 * (lo + hi)
-        if np.maximum(v - mid, floor).sum() > total:
+        if sum(max(x - mid, floor) for x in w) > total:
             lo = mid
         else:
             hi = mid
-    return np.maximum(v - 0.5 * (lo + hi), floor)
+    theta = 0.5 * (lo + hi)
+    return np.array([max(x - theta, floor) for x in w])
 
 
 def project_simplex_grid(v: np.ndarray, steps: int = 400) -> np.ndarray:
@@ -40,3 +49,9 @@ def segment_sum_loop(values, ids, m):
     for v, i in zip(values, ids):
         out[int(i)] += float(v)
     return np.array(out)
+
+
+def simplex_errors(alpha: np.ndarray, floor: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``alpha (..., M)`` in float64: ``|sum - 1|`` and ``floor - min`` (<= 0: fine)."""
+    a = np.asarray(alpha, dtype=np.float64)
+    return np.abs(a.sum(-1) - 1.0), floor - a.min(-1)

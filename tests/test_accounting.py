@@ -5,6 +5,7 @@ from utils import asarray, assert_close, jit, name_of
 
 import tandem_core as tc
 from tandem_core._utils import to_numpy
+from tandem_core.accounting import check_stats
 
 
 def _batch(rng, b=40, m=5):
@@ -191,3 +192,44 @@ def test_backend_segment_sums_match_loop(rng):
             xp.asarray(values), xp.asarray(ids), 5, segment_sum=backend.segment_sum
         )
         np.testing.assert_allclose(to_numpy(stats.sums), want, rtol=1e-5, err_msg=name_of(xp))
+
+
+# Misuse of the statistics (issue 12, section 4): shapes are checked always (static, jit-safe),
+# count values only when asked or free (host arrays), never under jit.
+
+
+def test_check_stats_names_mismatched_shapes(xp):
+    three = tc.DomainStats(asarray(xp, np.ones(3)), asarray(xp, np.ones(3)))
+    four = tc.DomainStats(asarray(xp, np.ones(4)), asarray(xp, np.ones(4)))
+    with pytest.raises(ValueError, match=r"proxy covers 3 domains \(shape \(3,\)\) but reference"):
+        check_stats(tc.TwinStats(three, four))
+    with pytest.raises(ValueError, match=r"proxy covers 4 domains .* reference covers 3"):
+        jit(xp, tc.twin_delta)(tc.TwinStats(four, three))
+    with pytest.raises(ValueError, match=r"sums \(3,\) and counts \(4,\)"):
+        tc.domain_means(tc.DomainStats(three.sums, four.counts))
+    with pytest.raises(ValueError, match="merge_stats: a covers 3 domains, b covers 4"):
+        tc.merge_stats(three, four)
+    with pytest.raises(ValueError, match="statistics cover 4 domains, the mixture has 3"):
+        check_stats(four, 3)
+    check_stats(asarray(xp, np.ones(3)), 3)  # arrays and None are the signal's business
+    check_stats(None, 3)
+
+
+def test_check_stats_negative_counts(xp):
+    ok = tc.DomainStats(asarray(xp, [1.0, 2.0]), asarray(xp, [3.0, 0.0]))
+    bad = tc.DomainStats(asarray(xp, [1.0, 2.0]), asarray(xp, [3.0, -0.5]))
+    check_stats(ok, checked=True)
+    with pytest.raises(ValueError, match=r"counts has a negative value -0.5 at domain 1"):
+        check_stats(bad, checked=True)
+    with pytest.raises(ValueError, match=r"proxy.counts has a negative value -0.5"):
+        check_stats(tc.TwinStats(bad, ok))  # concrete: checked by default
+    check_stats(bad, checked=False)
+
+
+def test_check_stats_under_jit_reads_no_value():
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    bad = tc.DomainStats(jnp.asarray([1.0, 2.0]), jnp.asarray([3.0, -1.0]))
+    jax.jit(lambda s: check_stats(s))(bad)
+    with pytest.raises(ValueError, match="checked=True needs concrete statistics"):
+        jax.jit(lambda s: check_stats(s, checked=True))(bad)

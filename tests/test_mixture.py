@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from reference import eg_reference, project_simplex_bisection
+from reference import eg_reference, project_simplex_bisection, simplex_errors
 from utils import asarray, assert_close, jit, name_of
 
 import tandem_core as tc
@@ -324,3 +324,154 @@ def test_check_mixture_reports_broken_invariants():
     ]:
         with pytest.raises(FloatingPointError, match=msg):
             tc.check_mixture(state._replace(alpha=np.array(bad)))
+
+
+# The guard (issue 12, section 2): an update is applied only when its signal, mixture and stage
+# state are finite and the mixture is on the simplex; otherwise the state is kept and counted.
+
+
+@pytest.mark.parametrize("dtype, floor", [("float32", 0.0), ("float64", 0.0), ("float32", 0.05)])
+def test_paper_update_with_diverging_delta_stays_on_simplex(xp, dtype, floor):
+    t = tc.tandem(step="pgd", normalize="none", floor=floor)
+    state = t.init(5, xp=xp, dtype=getattr(xp, dtype))
+    update = jit(xp, t.update)
+    rng = np.random.default_rng(1)
+    for k in range(40):
+        delta = rng.normal(size=5) * 1e9 * (1.0 + k)  # the twins diverge
+        state = update(state, asarray(xp, delta.astype(dtype)))
+        sum_err, below = simplex_errors(to_numpy(state.alpha), floor)
+        assert sum_err <= (1e-6 if dtype == "float32" else 1e-12) and below <= 0.0
+    assert int(to_numpy(state.skipped)) == 0  # the exact projection needs no rescue
+    assert int(to_numpy(state.count)) == 40
+
+
+def _stepper(stage_update):
+    return tc.Stage(lambda alpha: tc.stages.EmptyState(), stage_update)
+
+
+def _grad_signal(stats, *, xp, like):
+    return stats, xp.ones(stats.shape, dtype=xp.bool)
+
+
+@pytest.mark.parametrize(
+    "name, step",
+    [
+        ("sum away from 1", lambda a, g: a - 0.1 * g),
+        ("negative", lambda a, g: a + 0.3 * g),  # g sums to 0: on the plane, off the simplex
+        ("below the floor", lambda a, g: a + 0.12 * g),  # floor 0.1: a weight goes to ~0.05
+        ("a 1e-5 excess", lambda a, g: a * (1.0 + 1e-5)),
+    ],
+)
+def test_guard_rejects_a_mixture_off_the_simplex(xp, name, step):
+    stage = _stepper(lambda a, g, s, **kw: (step(a, g), g, s))
+    t = tc.mixture_transform(_grad_signal, stage, floor=0.1)
+    state = t.init(4, xp=xp, dtype=xp.float64)
+    grad = [1.0, 1.0, 1.0, 1.0] if name == "sum away from 1" else [2.0, -2.0, 1.0, -1.0]
+    new = jit(xp, t.update)(state, asarray(xp, grad))
+    assert_close(new.alpha, np.full(4, 0.25), xp=xp)  # kept, never reported
+    assert int(to_numpy(new.skipped)) == 1 and int(to_numpy(new.count)) == 0
+    assert_close(new.alpha_sum, np.zeros(4), xp=xp)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 1e-3])
+def test_guard_accepts_rounding_of_float32_steps(xp, smoothing):
+    # the guard's tolerance is a few roundings per domain, and EG steps do not accumulate
+    # rounding: a long float32 run is never skipped
+    t = tc.tandem(eta_alpha=0.7, step="eg", smoothing=smoothing)
+    state = t.init(64, xp=xp, dtype=xp.float32)
+    update = jit(xp, t.update)
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        state = update(state, asarray(xp, rng.normal(size=64).astype(np.float32)))
+    assert int(to_numpy(state.skipped)) == 0 and int(to_numpy(state.count)) == 300
+
+
+def test_guard_rejects_a_nonfinite_stage_state(xp):
+    # float32 RMS of a 1e30 Delta overflows: nu = inf would freeze the mixture forever
+    t = tc.tandem(eta_alpha=0.3, step="eg", normalize="rms")
+    state = t.init(3, xp=xp, dtype=xp.float32)
+    state = t.update(state, asarray(xp, np.array([0.1, 0.0, -0.1], np.float32)))
+    with np.errstate(over="ignore", invalid="ignore"):  # numpy's overflow is the point here
+        new = jit(xp, t.update)(state, asarray(xp, np.array([1e30, 0.0, -1e30], np.float32)))
+    assert int(to_numpy(new.skipped)) == 1
+    assert_close(new.inner[0].nu, to_numpy(state.inner[0].nu), xp=xp)
+    assert_close(new.alpha, to_numpy(state.alpha), xp=xp)
+
+
+# API misuse (issue 12, section 4): errors that name the argument, the value and what is expected.
+
+
+def test_twin_stats_with_different_domain_counts_raise(xp):
+    t = tc.tandem()
+    three = tc.DomainStats(asarray(xp, np.ones(3)), asarray(xp, np.ones(3)))
+    four = tc.DomainStats(asarray(xp, np.ones(4)), asarray(xp, np.ones(4)))
+    state = t.init(3, xp=xp, dtype=xp.float64)
+    with pytest.raises(ValueError, match=r"proxy covers 3 domains .* reference covers 4"):
+        jit(xp, t.update)(state, tc.TwinStats(three, four))
+    with pytest.raises(ValueError, match=r"statistics cover 4 domains, the mixture has 3"):
+        t.update(state, tc.TwinStats(four, four))
+
+
+def test_negative_counts_raise_when_checked(xp):
+    d = tc.doremi()
+    bad = tc.DomainStats(asarray(xp, [1.0, 2.0, 3.0]), asarray(xp, [1.0, -2.0, 1.0]))
+    state = d.init(3, xp=xp, dtype=xp.float64)
+    with pytest.raises(ValueError, match=r"counts has a negative value -2.0 at domain 1"):
+        d.update(state, bad, checked=True)
+    if name_of(xp) == "numpy":  # host arrays are checked by default: free
+        with pytest.raises(ValueError, match="negative value"):
+            d.update(state, bad)
+    t = tc.tandem()
+    good = tc.DomainStats(asarray(xp, [1.0, 2.0, 3.0]), asarray(xp, [1.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match=r"reference.counts has a negative value -2.0"):
+        t.update(t.init(3, xp=xp, dtype=xp.float64), tc.TwinStats(good, bad), checked=True)
+
+
+def test_counts_are_not_read_under_jit():
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    d = tc.doremi()
+    state = d.init(2, xp=jnp, dtype=jnp.float64)
+    bad = tc.DomainStats(jnp.asarray([1.0, 2.0]), jnp.asarray([1.0, -1.0]))
+    jax.jit(d.update)(state, bad)  # no sync, no error: shapes only
+    with pytest.raises(ValueError, match="checked=True needs concrete statistics"):
+        jax.jit(lambda s, x: d.update(s, x, checked=True))(state, bad)
+
+
+@pytest.mark.parametrize(
+    "call, error, msg",
+    [
+        (lambda: tc.tandem().init(2.5), TypeError, "num_domains must be an integer >= 1, got 2.5"),
+        (lambda: tc.uniform().init(True), TypeError, "num_domains must be an integer"),
+        (lambda: tc.uniform().init("3"), TypeError, "num_domains must be an integer"),
+        (lambda: tc.uniform().init(np.int64(-1)), ValueError, "num_domains must be >= 1, got -1"),
+        (lambda: tc.uniform().init(3, dtype=np.int32), ValueError, "must be a real floating"),
+        (lambda: tc.tandem(history=-1), ValueError, "history must be >= 0, got -1"),
+        (lambda: tc.tandem(history=2.5), TypeError, "history must be an integer >= 0"),
+        (lambda: tc.tandem(eta_alpha=float("inf")), ValueError, "eta_alpha must be > 0 and fin"),
+        (lambda: tc.tandem(gamma=float("nan")), ValueError, "gamma must be > 0 and finite"),
+        (lambda: tc.tandem(step="eg", floor=float("nan")), ValueError, "floor must be in"),
+        (lambda: tc.doremi(eta=float("inf")), ValueError, "eta must be > 0 and finite, got inf"),
+        (lambda: tc.natural([1.0, float("inf")]), ValueError, "sizes must be a non-empty list"),
+    ],
+)
+def test_misuse_raises_naming_the_argument(call, error, msg):
+    with pytest.raises(error, match=msg):
+        call()
+
+
+def test_init_accepts_numpy_integers():
+    assert tc.uniform().init(np.int64(3)).alpha.shape == (3,)
+
+
+def test_statistics_from_another_library_than_the_state_raise_naming_both():
+    torch = pytest.importorskip("torch")
+    t = tc.tandem()
+    stats = tc.DomainStats(torch.ones(3), torch.ones(3))
+    with pytest.raises(TypeError, match=r"statistics are torch.Tensor .* state holds numpy"):
+        t.update(t.init(3), tc.TwinStats(stats, stats))  # the default init is numpy
+    numpy_stats = tc.DomainStats(np.ones(3), np.ones(3))
+    with pytest.raises(TypeError, match=r"numpy.ndarray arrays but the mixture state holds torch"):
+        t.update(t.init(3, xp=torch), tc.TwinStats(numpy_stats, numpy_stats))
+    state = t.update(t.init(3, xp=torch), tc.TwinStats(stats, stats))
+    assert int(state.count) == 1

@@ -60,3 +60,31 @@ def test_phase_code_matches_phase(xp):
     ticks = np.arange(40)
     codes = jit(xp, lambda t: tc.phase_code(t, 3, 4))(asarray(xp, ticks))
     assert np.asarray(codes).tolist() == [int(tc.phase(int(t), 3, 4)) for t in ticks]
+
+
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        ((-1, 5), r"probe_steps \(K\) must be >= 1, got -1"),
+        ((2.5, 3), r"probe_steps \(K\) must be an integer >= 1, got 2.5"),
+        ((True, 3), r"probe_steps \(K\) must be an integer >= 1, got True"),
+        ((2, -1), r"free_steps \(E\) must be >= 0, got -1"),
+        ((2, "3"), r"free_steps \(E\) must be an integer >= 0, got '3'"),
+        ((3, 2, "total"), "E must be >= K"),
+        ((1, 1, "steps"), "episode='steps' is not supported"),
+    ],
+)
+def test_schedule_is_validated_on_construction(args, msg):
+    with pytest.raises(ValueError, match=msg):
+        Schedule(*args)
+
+
+def test_schedule_accepts_numpy_integers_and_checks_ticks():
+    s = Schedule(np.int64(2), np.int32(3))
+    assert s.length == 7 and s.phase(np.int64(3)) == P.UPDATE
+    assert Schedule(2, 3, episode="total") == (2, 3, "total")
+    for tick in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=f"tick must be an integer >= 0, got {tick}"):
+            s.phase(tick)
+    with pytest.raises(ValueError, match="tick must be an integer >= 0"):
+        s.proxy_steps_before(-3)

@@ -1,4 +1,8 @@
 import json
+import os
+import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -6,6 +10,7 @@ from utils import asarray, assert_close
 
 import tandem_core as tc
 from tandem_core._utils import to_numpy
+from tandem_core.state import atomic_write, temp_files
 
 
 def _trained_state(xp, history=3):
@@ -127,3 +132,59 @@ def test_generic_trees_with_dicts_lists_and_scalars(tmp_path):
     assert back["step"] == 7 and back["name"] == "u" and back["none"] is None
     np.testing.assert_array_equal(back["params"][0], np.arange(3.0))
     assert back["params"][1].dtype == np.float32
+
+
+def _mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_atomic_files_follow_the_umask_and_keep_the_mode_they_replace(tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert _mode(atomic_write(tmp_path / "a.json", "{}")) == 0o644  # as open() creates it
+        os.umask(0o027)
+        assert _mode(atomic_write(tmp_path / "b.json", b"{}")) == 0o640
+        os.chmod(tmp_path / "a.json", 0o600)  # a mode the user chose stays (like open("w"))
+        assert _mode(atomic_write(tmp_path / "a.json", "{1}")) == 0o600
+        assert _mode(tc.save_state(tmp_path / "s.npz", {"x": np.zeros(2)})) == 0o640
+    finally:
+        os.umask(old)
+
+
+def test_temp_files_finds_only_tandems_own_names(tmp_path):
+    names = [".s.npz.ab12cd34.tmp", ".s.npz.k_9x2pq1.tmp", ".s.npz.tmp", ".s.npz.ab12cd3.tmp"]
+    names += ["s.npz.ab12cd34.tmp", ".t.npz.ab12cd34.tmp", ".s.npz.ab12cd34.tmp.x"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    assert [p.name for p in temp_files(tmp_path / "s.npz")] == names[:2]
+    assert temp_files(tmp_path / "missing" / "s.npz") == []
+
+
+def test_a_killed_writer_leaves_a_temp_file_that_temp_files_finds(tmp_path):
+    code = (
+        "import sys, time\n"
+        "from tandem_core.state import atomic_write\n"
+        "def slow(f):\n"
+        "    f.write(b'half'); f.flush(); print('ready', flush=True); time.sleep(60)\n"
+        "atomic_write(sys.argv[1], slow)\n"
+    )
+    path = tmp_path / "s.npz"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    (left,) = temp_files(path)
+    assert left.read_bytes() == b"half" and not path.exists()
+
+
+@pytest.mark.parametrize(
+    "leaf", [np.array([object(), 1], dtype=object), {1, 2}, {"x": [None, {3: 4}.keys()]}]
+)
+def test_object_leaves_are_refused_before_anything_is_written(tmp_path, leaf):
+    path = tmp_path / "s.npz"
+    with pytest.raises(TypeError, match="save_state: the leaf at .* dtype object"):
+        tc.save_state(path, {"alpha": np.ones(2), "bad": leaf})
+    assert list(tmp_path.iterdir()) == []

@@ -61,6 +61,16 @@ class MixtureRun:
         self.plan = self.method.plan(config.params)
         self.signal = self.method.signal
         _check_signal(self.signal, config)
+        if self.signal is not Signal.NONE and isinstance(self.plan, Episodes):
+            # the first mixture update follows K probe steps: a shorter run learns nothing
+            # (every-step plans update before their first step)
+            sched = self.plan.schedule
+            if config.steps <= sched.probe_steps:
+                raise ConfigError(
+                    f"train.steps={config.steps} ends before method={config.method!r} updates "
+                    f"the mixture once (after probe_steps={sched.probe_steps} proxy steps; one "
+                    f"episode is {sched.proxy_steps}): set train.steps >= {sched.proxy_steps}"
+                )
         self.domains = tuple(sampler.domains)
         self.transform = transform or self.method.transform(
             config.params, sizes=list(sampler.domain_sizes())
