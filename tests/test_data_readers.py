@@ -335,6 +335,42 @@ def test_missing_and_empty_folders(tmp_path):
         load_folder(tmp_path / "train", val_path=tmp_path / "val")
 
 
+def test_paths_are_named_for_what_they_are(tmp_path):
+    write(tmp_path / "train" / "a.txt", "x\n")
+    with pytest.raises(DataError, match=r"a\.txt: is a file; the training data must be a folder"):
+        load_folder(tmp_path / "train" / "a.txt")
+    with pytest.raises(DataError, match=r"t\.txt: target file or folder not found"):
+        load_folder(tmp_path / "train", target_path=tmp_path / "t.txt")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"garbage, not numpy\n", r"a\.npy: not a \.npy file \(no NumPy header"),
+        (b"", r"a\.npy: not a \.npy file"),
+        (None, r"a\.npy: not a readable \.npy file"),  # a real .npy of objects
+    ],
+    ids=["garbage", "empty", "object_array"],
+)
+def test_bad_npy_is_described(tmp_path, content, message):
+    if content is None:
+        np.save(tmp_path / "a.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    else:
+        write(tmp_path / "a.npy", content)
+    with pytest.raises(DataError, match=message) as info:
+        load_folder(tmp_path)
+    assert "pickled" not in str(info.value) or content is None
+
+
+def test_out_of_vocabulary_hint_names_the_tokenizer_not_a_missing_key(tmp_path):
+    write(tmp_path / "a.txt", "text\n")
+    np.save(tmp_path / "b.npy", np.array([1, 50000], dtype=np.int32))  # e.g. GPT-2 ids
+    with pytest.raises(DataError, match=r"b\.npy: token id 50000 is outside \[0, 257\)") as info:
+        load_folder(tmp_path)
+    assert "ByteTokenizer" in str(info.value) and "data.tokenizer" in str(info.value)
+    assert "larger vocab_size" not in str(info.value)  # no such key in the CLI
+
+
 def test_mismatched_val_domains(tmp_path):
     write(tmp_path / "train" / "a.txt", "x\n")
     write(tmp_path / "train" / "b.txt", "x\n")

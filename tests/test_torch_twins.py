@@ -192,7 +192,7 @@ def test_launch_reruns_the_command_under_torchrun(monkeypatch):
 
     seen = []
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(subprocess, "run", lambda cmd, check: seen.append(cmd) or _Done())
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: seen.append(cmd) or _Done())
     backend, argv = TorchBackend(), ["optimize", "--nproc", "2", "-q", "--nproc=2"]
     assert backend.launch(argv, TorchOptions(nproc=1), run_dir="runs/x") is None
     assert backend.launch(argv, TorchOptions(nproc=2), run_dir="runs/x") == 0
@@ -211,4 +211,16 @@ def test_launch_reruns_the_command_under_torchrun(monkeypatch):
 
 
 class _Done:
+    """A torchrun that exits 0 at once with nothing on stderr."""
+
     returncode = 0
+    stderr = iter(())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def wait(self):
+        return 0

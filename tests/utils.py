@@ -1,7 +1,8 @@
-"""Shared test helpers: namespace-checking comparison and jit wrappers."""
+"""Shared test helpers: namespace-checking comparison, jit wrappers, small CLI jobs."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import array_api_compat
@@ -76,3 +77,41 @@ def a_backend() -> str:
     if not names:
         pytest.skip("needs a model backend (torch or jax)")
     return names[0]
+
+
+def small_job(*extra: str, d_model: int = 32) -> list[str]:
+    """``--set`` items of a tiny CLI job (a one-layer GPT, short sequences), then ``extra``.
+
+    A later item overrides an earlier one for the same key.
+    """
+    return [
+        f"model.d_model={d_model}",
+        "model.n_layer=1",
+        "model.n_head=2",
+        "data.seq_len=16",
+        "train.batch_per_domain=4",
+        "train.val_batch_size=8",
+        "train.eval_per_domain=8",
+        "train.log_every=10",
+        *extra,
+    ]
+
+
+def set_args(*items: str) -> list[str]:
+    """``["--set", item, ...]`` for each item."""
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def wait_for_rows(path: Any, rows: int, proc: Any, timeout: float = 300) -> None:
+    """Wait until the run ``proc`` (a ``Popen``) has written ``rows`` lines to ``path``.
+
+    Raises ``AssertionError`` when the process ends first or nothing comes within ``timeout``.
+    """
+    start = time.time()
+    while time.time() - start < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before the signal: {proc.communicate()}")
+        if path.exists() and len(path.read_text().splitlines()) >= rows:
+            return
+        time.sleep(0.02)
+    raise AssertionError("no progress")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -25,12 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tandem`` console script; returns the exit status.
 
-    Exit status: 0 done, 1 bad data or input, 2 bad configuration, 130/143 interrupted (SIGINT /
-    SIGTERM: a checkpoint was saved, continue with ``--resume``).
+    Exit status: 0 done, 1 bad data, a failed run or a file that cannot be written, 2 bad
+    configuration, 130/143 interrupted (SIGINT / SIGTERM: in the training loop a checkpoint was
+    saved, continue with ``--resume``). Every error is one line on stderr, never a traceback.
     """
-    from .data import DataError
-    from .jobs import Interrupted
-
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.command is None:
@@ -39,18 +38,47 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         return args.run(args)
-    except tc.ConfigError as err:
-        print(f"tandem: configuration error: {err}", file=sys.stderr)
-        return 2
-    except (DataError, FileExistsError, FileNotFoundError, tc.CorruptStateError) as err:
-        print(f"tandem: {err}", file=sys.stderr)
-        return 1
-    except tc.NonFiniteError as err:
-        print(f"tandem: {err}", file=sys.stderr)
-        return 1
-    except Interrupted as err:
-        print(f"tandem: {err}", file=sys.stderr)
-        return 143 if "signal 15" in str(err) else 130
+    except (Exception, KeyboardInterrupt) as err:
+        status, message = _failure(err, args)
+        if status is None:
+            raise
+        print(f"tandem: {message}", file=sys.stderr)
+        return status
+
+
+# OS errors of writing the run directory or reading the data: one line, exit 1
+_FILE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.ENOENT,
+}
+
+
+def _failure(err: BaseException, args: argparse.Namespace) -> tuple[int | None, str]:
+    """``(exit status, one-line message)`` of an error; status ``None``: not ours (re-raised)."""
+    from .data import DataError
+    from .jobs import Interrupted
+
+    if isinstance(err, tc.ConfigError):
+        return 2, f"configuration error: {err}"
+    if isinstance(err, Interrupted):
+        return (143 if "signal 15" in str(err) else 130), str(err)
+    if isinstance(err, KeyboardInterrupt):
+        return 130, "interrupted (Ctrl-C)"
+    if isinstance(err, (DataError, tc.CorruptStateError, tc.NonFiniteError)):
+        return 1, str(err)
+    if isinstance(err, OSError) and err.errno in _FILE_ERRNOS:
+        where = err.filename or getattr(args, "run_dir", None) or "a file"
+        return 1, f"{where}: {err.strerror or err}"
+    if isinstance(err, (FileExistsError, FileNotFoundError)):  # tandem's own, without errno
+        return 1, str(err)
+    return None, ""
 
 
 def _exit_worker(code: int) -> None:

@@ -11,6 +11,8 @@ plugin backend brings its own keys.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +25,9 @@ from tandem_core.methods import check_fields
 from tandem_core.run import ModelSpec, TrainConfig
 from tandem_core.taskpgm import AFFINITY_KINDS, SOLVER_METHODS, UTILITY_KINDS
 
+from .data.formats import BIN_DTYPES
+from .data.synthetic import SUITES, VAL_MODES
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -34,6 +39,8 @@ __all__ = [
     "ModelSpec",
     "RunConfig",
     "TaskPGMConfig",
+    "check_against_data",
+    "check_run_dir",
     "parse_override",
 ]
 
@@ -74,10 +81,29 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.seq_len < 2:
             raise ConfigError(f"data.seq_len must be >= 2, got {self.seq_len}")
-        if not 0 <= self.val_fraction < 1:
+        if not 0 <= self.val_fraction < 1:  # also rejects NaN
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.path and self.hf_dataset:
             raise ConfigError("data.path and data.hf_dataset are exclusive: give one")
+        chosen = [k for k in ("val_path", "val_fraction", "target_path") if getattr(self, k)]
+        if len(chosen) > 1:
+            keys = " and ".join(f"data.{k}" for k in chosen)
+            raise ConfigError(f"{keys} are exclusive: give one validation option")
+        unused = [k for k in ("val_path", "target_path") if getattr(self, k)]
+        if self.hf_dataset and unused:
+            raise ConfigError(f"data.{unused[0]} applies to data.path, not to data.hf_dataset")
+        choices = (("suite", SUITES), ("suite_val", VAL_MODES), ("bin_dtype", BIN_DTYPES))
+        for key, allowed in choices:
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"data.{key}={getattr(self, key)!r} is not one of {allowed}")
+        if not 8 <= self.suite_vocab_size <= 1 << 16:
+            raise ConfigError(
+                f"data.suite_vocab_size must be in [8, 65536], got {self.suite_vocab_size}"
+            )
+        if self.suite_tokens_per_domain < 1024:
+            raise ConfigError(
+                f"data.suite_tokens_per_domain must be >= 1024, got {self.suite_tokens_per_domain}"
+            )
 
 
 @dataclass(frozen=True)
@@ -138,6 +164,12 @@ class JobConfig:
     backend: Any = None
 
     def __post_init__(self) -> None:
+        m = self.model
+        if m.kind == "tiny_gpt" and m.d_model % m.n_head:
+            raise ConfigError(
+                f"model.n_head={m.n_head} must divide model.d_model={m.d_model} "
+                "(each attention head gets d_model / n_head dimensions)"
+            )
         options = training_backend(self.run.backend).Options
         if self.backend is None:
             object.__setattr__(self, "backend", options())
@@ -156,10 +188,7 @@ class JobConfig:
         """
         tables: dict[str, dict[str, Any]] = {}
         if path is not None:
-            try:
-                tables = tomllib.loads(Path(path).read_text())
-            except tomllib.TOMLDecodeError as err:
-                raise ConfigError(f"{path}: invalid TOML ({err})") from err
+            tables = _read_toml(Path(path))
         for item in overrides:
             table, key, value = parse_override(item)
             tables.setdefault(table, {})[key] = value
@@ -206,6 +235,80 @@ class JobConfig:
             else:
                 mapping.setdefault(name, {}).update(values)
         return JobConfig.from_mapping(mapping)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The tables of a TOML config file; ``ConfigError`` names the file and the problem."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"--config {path}: cannot read it ({err.strerror or err})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 (TOML files are UTF-8)") from None
+    try:
+        tables = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML ({err})") from None
+    for name, values in tables.items():
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"{path}: {name} = {values!r} must be a table ([{name}] with key = value lines)"
+            )
+    return tables
+
+
+def check_run_dir(path: str | os.PathLike) -> None:
+    """Fail early when ``run.run_dir`` cannot be a folder this process writes.
+
+    Raises:
+        NotADirectoryError: ``path`` or one of its parents is a file.
+        PermissionError: the nearest existing folder is not writable.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder (run.run_dir)", str(path))
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"is a file: run.run_dir={str(path)!r} cannot be under it", str(parent)
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "folder not writable (run.run_dir)", str(parent))
+
+
+def check_against_data(cfg: JobConfig, corpus: Any, *, needs_val: bool) -> None:
+    """The checks that need the data: run them after reading it and before any work or write.
+
+    Args:
+        cfg: the job.
+        corpus: the ``DomainCorpus`` (M training domains, its validation domains).
+        needs_val: the job reads validation data (the method's signal, or the report).
+
+    Raises:
+        ConfigError: no validation data where the job needs it; ``train.floor`` infeasible for
+            M domains (``M * floor >= 1``).
+    """
+    m = len(corpus.domains)
+    floor = getattr(cfg.train.params, "floor", 0.0)
+    if isinstance(floor, (int, float)) and floor > 0 and m * floor >= 1:
+        raise ConfigError(
+            f"train.floor={floor} is infeasible for the data's M={m} domains (M * floor = "
+            f"{m * floor:g} must be < 1); use train.floor < {1 / m:g}"
+        )
+    if needs_val and not corpus.val_domains:
+        d = cfg.data
+        source = f"data.path={d.path!r}" if d.path else f"data.hf_dataset={d.hf_dataset!r}"
+        keys = "data.val_path (the same domains), data.target_path (a target set) or "
+        raise ConfigError(
+            f"{source} has no validation data, and this job measures the validation loss "
+            f"(method={cfg.train.method!r}): set {keys if d.path else ''}data.val_fraction "
+            "(e.g. 0.1)"
+        )
 
 
 _SECTIONS = (

@@ -20,7 +20,7 @@ import tandem_core as tc
 from tandem_core.backend import training_backend
 from tandem_core.run import MixtureRun, RunResult, check_weighting
 
-from .config import DataConfig, JobConfig
+from .config import DataConfig, JobConfig, check_against_data, check_run_dir
 from .data import (
     DataError,
     DomainCorpus,
@@ -105,32 +105,37 @@ def load_anchors(cfg: JobConfig, corpus: DomainCorpus, anchor: Any = None) -> li
     elif isinstance(source, Mapping):
         streams = from_arrays(source, vocab_size=corpus.vocab_size).train
     else:
-        streams = _read_streams(cfg, Path(source), corpus.vocab_size)
+        streams = _read_streams(cfg, Path(source))
     seq_len, rows = cfg.data.seq_len, cfg.train.adapt.adapt_anchor_max
+    name = source if isinstance(source, (str, os.PathLike)) else type(source).__name__
     out = []
     for stream in streams:
         if int(stream.max(initial=0)) >= corpus.vocab_size:
-            raise DataError(f"anchor token ids exceed the vocabulary ({corpus.vocab_size})")
+            raise DataError(
+                f"anchor {name}: token id {int(stream.max())} is outside the training data's "
+                f"vocabulary [0, {corpus.vocab_size}): tokenize the anchors like the training "
+                "data (data.tokenizer)"
+            )
         tokens, labels = windows(stream, sequential_starts(stream.shape[0], seq_len, rows), seq_len)
         out.append({"tokens": tokens, "labels": labels, "domain": np.zeros(len(tokens), np.int32)})
     return out
 
 
-def _read_streams(cfg: JobConfig, path: Path, vocab_size: int) -> tuple[np.ndarray, ...]:
-    """Token streams of a file (one stream) or a folder (one per domain), data-table options."""
+def _read_streams(cfg: JobConfig, path: Path) -> tuple[np.ndarray, ...]:
+    """Token streams of a file (one stream) or a folder (one per domain), data-table options.
+
+    The vocabulary is the tokenizer's (or the ids' own): ``load_anchors`` then names an id
+    beyond the training data's vocabulary.
+    """
     data = cfg.data
+    if not path.exists():
+        raise DataError(f"{path}: anchor file or folder not found (--anchor, train.adapt_anchor)")
     tokenizer = load_tokenizer(data.tokenizer) if data.tokenizer else None
     if path.is_file():
         parts = [(str(path), read_file(path, text_field=data.text_field, bin_dtype=data.bin_dtype))]
-        return build_corpus(
-            {path.stem: parts}, {}, tokenizer=tokenizer, vocab_size=vocab_size
-        ).train
+        return build_corpus({path.stem: parts}, {}, tokenizer=tokenizer).train
     return load_folder(
-        path,
-        tokenizer=tokenizer,
-        text_field=data.text_field,
-        bin_dtype=data.bin_dtype,
-        vocab_size=vocab_size,
+        path, tokenizer=tokenizer, text_field=data.text_field, bin_dtype=data.bin_dtype
     ).train
 
 
@@ -168,10 +173,19 @@ def _run_dir(cfg: JobConfig, *, resume: bool, overwrite: bool) -> RunDir:
     return RunDir(cfg.run.run_dir, resume=resume, overwrite=overwrite, read_only=rank(cfg) != 0)
 
 
-def _fingerprint(cfg: JobConfig) -> dict:
+def _fingerprint(cfg: JobConfig, run: MixtureRun) -> dict:
+    """What a checkpoint is made from: the configuration (less where it writes) and the data."""
+    from .fingerprint import data_fingerprint, plain
+
     mapping = cfg.to_mapping()
     mapping["run"] = {"backend": cfg.run.backend}
-    return mapping
+    data = data_fingerprint(
+        cfg.data,
+        getattr(run.sampler, "corpus", None),
+        anchors=None if run.weighting is None else run.weighting.anchors,
+        anchor_path=cfg.train.adapt.adapt_anchor or "",
+    )
+    return {"config": plain(mapping), "data": data}
 
 
 @contextlib.contextmanager
@@ -197,44 +211,62 @@ def _stop_on_signals(run: MixtureRun):
 def _execute(
     cfg: JobConfig, run: MixtureRun, rd: RunDir, *, resume: bool, echo: Callable
 ) -> RunResult:
-    fingerprint = _fingerprint(cfg)
-    if resume:
-        state, meta = rd.load_checkpoint()
-        if meta.get("config") != fingerprint:
-            raise tc.ConfigError(
-                f"{rd.checkpoint} was written with a different configuration; resume with the same "
-                "config (see its config.toml) or start a new run_dir"
-            )
-        run.load_state_dict(state)
-        rd.rewrite_metrics(run.metrics)
-        echo(f"resuming {rd.path} at proxy step {run.proxy_step}")
-    else:
-        rd.write_config(cfg.to_mapping())
+    """Resume (same config and data only) or start, run, checkpoint; a failed run frees ``rd``."""
+    from .fingerprint import check_resume
 
-    def save(r: MixtureRun) -> None:
-        rd.save_checkpoint(r.state_dict(), metadata={"config": fingerprint, "step": r.proxy_step})
+    try:
+        fingerprint = _fingerprint(cfg, run)
+        if resume:
+            state, meta = rd.load_checkpoint()
+            check_resume(meta, fingerprint, rd.checkpoint, echo)
+            run.load_state_dict(state)
+            rd.rewrite_metrics(run.metrics)
+            echo(f"resuming {rd.path} at proxy step {run.proxy_step}")
+        else:
+            rd.write_config(cfg.to_mapping())
 
-    with _stop_on_signals(run) as flag:
-        result = run.run(
-            cfg.run.progress, checkpoint=save, checkpoint_every=cfg.run.checkpoint_every
-        )
-        save(run)
-        if flag["stop"] is not None and not run.done:
-            raise Interrupted(
-                f"stopped by signal {flag['stop']} at proxy step {run.proxy_step}; "
-                f"checkpoint saved in {rd.checkpoint}: continue with --resume"
+        def save(r: MixtureRun) -> None:
+            rd.save_checkpoint(r.state_dict(), metadata={**fingerprint, "step": r.proxy_step})
+
+        with _stop_on_signals(run) as flag:
+            result = run.run(
+                cfg.run.progress, checkpoint=save, checkpoint_every=cfg.run.checkpoint_every
             )
+            save(run)
+            if flag["stop"] is not None and not run.done:
+                raise Interrupted(
+                    f"stopped by signal {flag['stop']} at proxy step {run.proxy_step}; "
+                    f"checkpoint saved in {rd.checkpoint}: continue with --resume"
+                )
+    except BaseException:
+        rd.close()  # the run is over: free the directory now, not when the traceback goes
+        raise
     return result
 
 
 def optimize(
-    cfg: JobConfig, *, resume: bool = False, overwrite: bool = False, echo: Callable = print
+    cfg: JobConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    echo: Callable = print,
+    corpus: DomainCorpus | None = None,
 ) -> RunResult:
-    """Learn a mixture with ``cfg.train.method``; writes the run directory; returns the result."""
+    """Learn a mixture with ``cfg.train.method``; writes the run directory; returns the result.
+
+    ``corpus``: the data ``cfg.data`` describes, if the caller has read it already.
+    Everything that can fail on the configuration or the data (the model, the plan) is checked
+    before the run directory is created.
+    """
     check_weighting(cfg.train)  # before anything is read or written
-    corpus = load_corpus(cfg.data)
+    if rank(cfg) == 0:
+        check_run_dir(cfg.run.run_dir)
+    corpus = load_corpus(cfg.data) if corpus is None else corpus
+    needs_val = cfg.train.method_record.signal.needs_val
+    check_against_data(cfg, corpus, needs_val=needs_val or cfg.train.weighting != "none")
+    run = build_run(cfg, corpus)
     rd = _run_dir(cfg, resume=resume, overwrite=overwrite)
-    run = build_run(cfg, corpus, callback=rd.append_metrics)
+    run.callback = rd.append_metrics
     result = _execute(cfg, run, rd, resume=resume, echo=echo)
     rd.write_mixture(result, backend=cfg.run.backend, extra={"known_answer": corpus.known_answer})
     _plot(rd, result)
@@ -264,9 +296,12 @@ def train(
         result = train(cfg, None, anchor="my_target.txt")
         result.weighting["weight_by_domain"]  # {domain: mean weight}
     """
+    if rank(cfg) == 0:
+        check_run_dir(cfg.run.run_dir)
     corpus = load_corpus(cfg.data)
     alpha = _align(weights, corpus.domains)
     cfg = cfg.replace(train={"method": "natural"})  # a static mixture: no twins, no updates
+    check_against_data(cfg, corpus, needs_val=True)  # the result is the validation loss
     if anchor is not None and not isinstance(anchor, (str, os.PathLike)):
         anchor_name = type(anchor).__name__  # in-memory anchors: not part of config.toml
     else:
@@ -274,10 +309,9 @@ def train(
             cfg = cfg.replace(train={"adapt_anchor": str(anchor)})  # recorded, checked on resume
         anchor_name = cfg.train.adapt.adapt_anchor or "validation set"
     anchors = load_anchors(cfg, corpus, anchor) if cfg.train.weighting != "none" else None
+    run = build_run(cfg, corpus, transform=tc.natural(alpha), anchors=anchors)
     rd = _run_dir(cfg, resume=resume, overwrite=overwrite)
-    run = build_run(
-        cfg, corpus, transform=tc.natural(alpha), callback=rd.append_metrics, anchors=anchors
-    )
+    run.callback = rd.append_metrics
     result = _execute(cfg, run, rd, resume=resume, echo=echo)
     extra: dict[str, Any] = {"fixed": True}
     if result.weighting is not None:

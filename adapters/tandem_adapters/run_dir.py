@@ -1,17 +1,26 @@
 """The run directory: config.toml, mixture.json, metrics.jsonl, mixture.png, checkpoint.npz.
 
-Every file is written atomically (temporary file in the same folder, fsync, rename): an interrupted
-run leaves the previous complete version or nothing, never half a file. metrics.jsonl is appended
-line by line and, on resume, rewritten from the checkpoint so it never holds rows the resumed run
-will write again.
+One live run owns a directory: it holds an exclusive lock on ``run_dir/.lock`` (``flock``; the
+file names the holder's pid, host and start time). The OS drops the lock when the process ends,
+however it ends, so a crashed run never leaves the directory locked; a second run is refused
+with a message naming the holder. The RunDirs of one process share its lock.
+
+Every file but metrics.jsonl is written atomically (temporary file in the same folder, fsync,
+rename): an interrupted run leaves the previous complete version or nothing, never half a file.
+metrics.jsonl is appended line by line (each line flushed and fsynced); a line cut short by a
+crash is never read back as a row, and on resume the file is rewritten from the checkpoint so it
+never holds rows the resumed run will write again. Temporary files a killed run left behind are
+deleted when the next run (or resume) takes the directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import platform
+import weakref
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,11 +30,23 @@ import tomli_w
 
 import tandem_core as tc
 from tandem_core.run import RunResult
-from tandem_core.state import atomic_write
+from tandem_core.state import atomic_write, temp_files
 
-__all__ = ["MIXTURE_FORMAT", "RunDir", "atomic_write", "read_mixture", "versions"]
+from .run_lock import RunDirLocked, RunLock, run_lock
+
+__all__ = [
+    "MIXTURE_FORMAT",
+    "RunDir",
+    "RunDirLocked",
+    "atomic_write",
+    "read_mixture",
+    "run_lock",
+    "versions",
+]
 
 MIXTURE_FORMAT = "tandem-mixture"
+OUTPUTS = ("metrics.jsonl", "config.toml", "checkpoint.npz", "mixture.json", "mixture.png")
+_WRITTEN = (*OUTPUTS, "taskpgm.json", "affinity.png")  # files of the run's (atomic) writers
 
 
 def versions() -> dict[str, str]:
@@ -48,8 +69,13 @@ class RunDir:
         overwrite: replace a previous run's files instead of refusing.
         read_only: never write (data-parallel ranks other than 0 read the checkpoint only).
 
+    A writing RunDir holds the folder's lock until ``close()`` (or until it is garbage
+    collected, or the process ends); it deletes the temporary files a killed writer left.
+
     Raises:
-        FileExistsError: the folder holds a run and neither ``resume`` nor ``overwrite`` is set.
+        RunDirLocked: another live run holds the folder (a ``FileExistsError``).
+        FileExistsError: the folder holds an earlier run's output (any of ``OUTPUTS``) and
+            neither ``resume`` nor ``overwrite`` is set.
         FileNotFoundError: ``resume`` without a checkpoint.
     """
 
@@ -63,19 +89,55 @@ class RunDir:
     ):
         self.path = Path(path)
         self.read_only = read_only  # data-parallel ranks other than 0: read, never write
-        if resume and not self.checkpoint.exists():
+        self._release: Any = None
+        if resume and not self.checkpoint.exists() and (read_only or not self.path.is_dir()):
             raise FileNotFoundError(f"--resume: no checkpoint at {self.checkpoint}")
         if read_only:
             return
-        if not resume and not overwrite and (self.checkpoint.exists() or self.mixture.exists()):
-            raise FileExistsError(
-                f"{self.path} already holds a run; pass --resume to continue it or --overwrite "
-                "to replace it"
-            )
         self.path.mkdir(parents=True, exist_ok=True)
+        lock = RunLock.acquire(self.path)
+        self._release = weakref.finalize(self, lock.release)
+        try:
+            self._claim(resume=resume, overwrite=overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def _claim(self, *, resume: bool, overwrite: bool) -> None:
+        """Under the lock: clear what a killed writer left, then check for an earlier run."""
+        for name in _WRITTEN:  # no writer of ours is alive: every temporary file is stale
+            for tmp in temp_files(self.path / name):
+                tmp.unlink(missing_ok=True)
+        found = [name for name in OUTPUTS if (self.path / name).exists()]
+        has_checkpoint = self.checkpoint.exists()
+        if resume and not has_checkpoint:
+            why = "; it stopped before its first one: pass --overwrite to start it again"
+            raise FileNotFoundError(
+                f"--resume: no checkpoint at {self.checkpoint}{why if found else ''}"
+            )
+        if found and not resume and not overwrite:
+            hint = (
+                "pass --resume to continue it or --overwrite to replace it"
+                if has_checkpoint
+                else "it stopped before its first checkpoint: pass --overwrite to start it again"
+            )
+            raise FileExistsError(f"{self.path} already holds a run ({', '.join(found)}); {hint}")
         if overwrite and not resume:
-            for f in (self.metrics, self.checkpoint, self.mixture, self.plot):
-                f.unlink(missing_ok=True)
+            for name in OUTPUTS:
+                (self.path / name).unlink(missing_ok=True)
+        if resume:
+            self._repair_metrics()
+
+    def close(self) -> None:
+        """Release the directory (the lock); the object can still read, and write if it must."""
+        if self._release is not None:
+            self._release()
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     config = property(lambda self: self.path / "config.toml")
     mixture = property(lambda self: self.path / "mixture.json")
@@ -90,13 +152,20 @@ class RunDir:
         atomic_write(self.config, tomli_w.dumps(_drop_none(mapping)))
 
     def append_metrics(self, row: dict) -> None:
-        """Append one JSON line and flush it to disk."""
+        """Append one JSON line and flush it to disk (a failed write is taken back)."""
         if self.read_only:
             return
-        with open(self.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row, default=_json_default) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        line = (json.dumps(row, default=_json_default) + "\n").encode()
+        with open(self.metrics, "ab") as f:
+            end = f.seek(0, os.SEEK_END)
+            try:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    f.truncate(end)  # no half line (disk full)
+                raise
 
     def rewrite_metrics(self, rows: list[dict]) -> None:
         """Replace metrics.jsonl by ``rows`` (resume: the checkpoint's rows)."""
@@ -107,10 +176,22 @@ class RunDir:
         )
 
     def read_metrics(self) -> list[dict]:
-        """The rows of metrics.jsonl."""
+        """The rows of metrics.jsonl (a last line cut short by a crash is not a row)."""
         if not self.metrics.exists():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        lines = self.metrics.read_text().split("\n")[:-1]  # the text after the last newline: cut
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def _repair_metrics(self) -> None:
+        """Drop a last line cut short by a crash (resume)."""
+        if not self.metrics.exists():
+            return
+        data = self.metrics.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.metrics, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+                f.flush()
+                os.fsync(f.fileno())
 
     def save_checkpoint(self, state: dict, metadata: dict | None = None) -> None:
         """Atomic, checksummed checkpoint (``tandem_core.save_state``)."""

@@ -9,6 +9,7 @@ the configured values plus k; the data (``data.seed``) stays the same. Each seed
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,9 @@ import tandem_core as tc
 from tandem_core.run import RunResult
 
 from .config import JobConfig
+from .data import DomainCorpus
 from .jobs import _plot, load_corpus, optimize, rank
-from .run_dir import RunDir
+from .run_dir import RunDir, run_lock
 
 __all__ = ["SeedsResult", "optimize_seeds"]
 
@@ -42,19 +44,38 @@ def optimize_seeds(
     resume: bool = False,
     overwrite: bool = False,
     echo: Callable = print,
+    corpus: DomainCorpus | None = None,
 ) -> SeedsResult:
     """Run ``optimize`` under ``seeds`` seeds and summarise them in ``run_dir/mixture.json``.
 
     With ``resume``, finished seeds are read back from their ``mixture.json``, a stopped one
-    resumes from its checkpoint, and the others start.
+    resumes from its checkpoint, and the others start. The data is read once (``corpus``: the
+    data ``cfg.data`` describes, if the caller has read it already); every seed trains on it.
 
     Raises:
         ConfigError: ``seeds < 1``.
-        FileExistsError: ``run_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set.
+        FileExistsError: ``run_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set,
+            or another live job holds it (``RunDirLocked``).
     """
     if seeds < 1:
         raise tc.ConfigError(f"--seeds must be >= 1, got {seeds}")
     base = Path(cfg.run.run_dir)
+    corpus = load_corpus(cfg.data) if corpus is None else corpus
+    # one live job owns run_dir and its seed folders (rank 0 holds the lock; see RunDir)
+    with run_lock(base) if rank(cfg) == 0 else contextlib.nullcontext():
+        return _seeds(cfg, base, seeds, corpus, resume=resume, overwrite=overwrite, echo=echo)
+
+
+def _seeds(
+    cfg: JobConfig,
+    base: Path,
+    seeds: int,
+    corpus: DomainCorpus,
+    *,
+    resume: bool,
+    overwrite: bool,
+    echo: Callable,
+) -> SeedsResult:
     if not resume and not overwrite and (base / "mixture.json").exists():
         raise FileExistsError(
             f"{base} already holds a run; pass --resume to continue it or --overwrite to replace it"
@@ -67,13 +88,13 @@ def optimize_seeds(
             model={"seed": cfg.model.seed + k},
         )
         echo(f"seed {k + 1}/{seeds}: train.seed={sub.train.seed} model.seed={sub.model.seed}")
-        runs.append(_one_seed(sub, resume=resume, overwrite=overwrite, echo=echo))
+        runs.append(_one_seed(sub, corpus, resume=resume, overwrite=overwrite, echo=echo))
     out = _summary(runs)
     if rank(cfg) == 0:
         rd = RunDir(base, overwrite=True)
         rd.write_config(cfg.to_mapping())
         extra = {
-            "known_answer": load_corpus(cfg.data).known_answer,
+            "known_answer": corpus.known_answer,
             "seeds": {
                 "n": seeds,
                 "train_seeds": [cfg.train.seed + k for k in range(seeds)],
@@ -88,12 +109,14 @@ def optimize_seeds(
     return out
 
 
-def _one_seed(cfg: JobConfig, *, resume: bool, overwrite: bool, echo: Callable) -> RunResult:
+def _one_seed(
+    cfg: JobConfig, corpus: DomainCorpus, *, resume: bool, overwrite: bool, echo: Callable
+) -> RunResult:
     path = Path(cfg.run.run_dir)
     if resume and (path / "mixture.json").exists():
         return _read_result(path)  # finished before the stop
     started = resume and (path / "checkpoint.npz").exists()
-    return optimize(cfg, resume=started, overwrite=overwrite or resume, echo=echo)
+    return optimize(cfg, resume=started, overwrite=overwrite or resume, echo=echo, corpus=corpus)
 
 
 def _read_result(path: Path) -> RunResult:

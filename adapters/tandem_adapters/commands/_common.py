@@ -7,7 +7,9 @@ import datetime
 
 import numpy as np
 
-from ..config import JobConfig
+from tandem_core import ConfigError
+
+from ..config import JobConfig, check_run_dir
 
 
 def add_config_options(
@@ -63,18 +65,82 @@ def load_job(args: argparse.Namespace, kind: str) -> JobConfig:
     explicit = any(o.split("=", 1)[0].strip() == "run.run_dir" for o in args.set)
     if not explicit and (args.config is None or "run_dir" not in _run_table(args.config)):
         if args.resume:
-            raise SystemExit("--resume needs the run directory: --set run.run_dir=PATH")
+            raise ConfigError("--resume needs the run directory: --set run.run_dir=PATH")
         name = cfg.data.suite if not (cfg.data.path or cfg.data.hf_dataset) else "data"
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         cfg = cfg.replace(run={"run_dir": f"runs/{name}-{kind}-{stamp}"})
+    args.run_dir = cfg.run.run_dir  # named by the CLI's one-line error for a failed write
+    check_run_dir(cfg.run.run_dir)  # a file, under a file, not writable: before any work
     return cfg
 
 
 def _run_table(path: str) -> dict:
     import tomllib
 
-    with open(path, "rb") as f:
+    with open(path, "rb") as f:  # JobConfig.load has checked the file
         return tomllib.load(f).get("run", {})
+
+
+def read_mixture_option(path: str, which: str) -> dict[str, float]:
+    """``--mixture``'s weights; ``ConfigError`` (exit 2) naming the file when it is unusable."""
+    from ..run_dir import read_mixture
+
+    try:
+        return read_mixture(path, which)
+    except ValueError as err:  # names the file
+        raise ConfigError(f"--mixture: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"--mixture {err.filename or path}: {err.strerror or err}") from None
+    except (KeyError, TypeError, AttributeError):  # valid JSON, another layout
+        raise ConfigError(f"--mixture {path}: no {which!r} weights (not a mixture.json)") from None
+
+
+# known-answer checks: a weight must clear the uniform share by this much to be an [ok]
+MARGIN = 0.005
+# a run fails when more than this share of its proxy steps had a non-finite loss
+MAX_NONFINITE = 0.5
+
+
+def run_problems(result) -> list[str]:
+    """Why a finished run learned nothing usable (empty when it is fine).
+
+    Reads the engine counters of the last metrics row: non-finite steps (more than
+    ``MAX_NONFINITE`` of the proxy steps) and, for a method that learns its mixture, the
+    number of mixture updates (none: the mixture is still the initial one).
+    """
+    from tandem_core.methods import Signal, get_method
+
+    if not result.metrics:  # read back from mixture.json (--seeds --resume): no counters
+        return []
+    last, steps = result.metrics[-1], max(int(result.steps), 1)
+    out = []
+    nonfinite = int(last.get("nonfinite", 0))
+    if nonfinite > MAX_NONFINITE * steps:
+        out.append(
+            f"{nonfinite} of {steps} proxy steps had a non-finite loss (first at step "
+            f"{last.get('first_nonfinite')}); lower train.lr or check the data"
+        )
+    learned = get_method(result.method).signal is not Signal.NONE
+    if learned and int(last.get("mixture_updates", 1)) == 0:
+        skipped = int(last.get("skipped_updates", 0))
+        why = f" ({skipped} skipped: non-finite signal)" if skipped else ""
+        out.append(f"no mixture update was applied{why}: the mixture is the initial one")
+    return out
+
+
+def report_problems(results, run_dir: str) -> int:
+    """Print each run's problems as one line on stderr; returns the exit status (0 or 1)."""
+    import sys
+
+    problems = [p for r in results for p in run_problems(r)]
+    if not problems:
+        return 0
+    print(
+        f"tandem: the run failed: {'; '.join(problems)}. Its outputs are in {run_dir} "
+        "(for diagnosis only: metrics.jsonl has the per-step losses)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def mixture_table(
@@ -107,20 +173,27 @@ def known_answer_notes(known: dict | None) -> dict[str, str]:
 
 
 def verdict(domains, alpha: np.ndarray, known: dict | None) -> list[str]:
-    """Checks of a learned mixture against a known answer (below/above the uniform share)."""
+    """Checks of a learned mixture against a known answer (below/above the uniform share).
+
+    A check is ``[ok]`` only when the weight clears the uniform share by ``MARGIN``: a
+    mixture that stayed uniform (up to rounding) is a ``[MISS]``.
+    """
     if not known:
         return []
     share = 1.0 / len(domains)
     index = {d: i for i, d in enumerate(domains)}
-    out = []
-    for d in known.get("down", []):
-        ok = alpha[index[d]] < share
-        sign = "<" if ok else ">="
-        out.append(f"[{'ok' if ok else 'MISS'}] {d}: {alpha[index[d]]:.3f} {sign} {share:.3f}")
+    out = [_check(d, alpha[index[d]], share, below=True) for d in known.get("down", [])]
     up = [d for d in known.get("up", []) if d in index]
     if up:
         total = sum(alpha[index[d]] for d in up)
-        ok = total > share * len(up)
-        sign, names = (">" if ok else "<="), "+".join(up)
-        out.append(f"[{'ok' if ok else 'MISS'}] {names}: {total:.3f} {sign} {share * len(up):.3f}")
+        out.append(_check("+".join(up), total, share * len(up), below=False))
     return out
+
+
+def _check(name: str, value: float, bound: float, *, below: bool) -> str:
+    ok = value < bound - MARGIN if below else value > bound + MARGIN
+    if ok:
+        return f"[ok] {name}: {value:.3f} {'<' if below else '>'} {bound:.3f}"
+    if (value < bound) if below else (value > bound):  # the right side, by less than MARGIN
+        return f"[MISS] {name}: {value:.3f} is within {MARGIN} of {bound:.3f}"
+    return f"[MISS] {name}: {value:.3f} {'>=' if below else '<='} {bound:.3f}"

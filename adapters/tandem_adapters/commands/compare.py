@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 
-from ._common import add_job_options, launch_if_parallel, load_job
+from ._common import add_job_options, launch_if_parallel, load_job, read_mixture_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,9 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run both trainings and print the table."""
     from ..jobs import compare
-    from ..run_dir import read_mixture
 
-    weights = read_mixture(args.mixture, args.which)
+    weights = read_mixture_option(args.mixture, args.which)
     cfg = load_job(args, "compare")
     launched = launch_if_parallel(args, cfg)
     if launched is not None:
@@ -33,4 +34,13 @@ def run(args: argparse.Namespace) -> int:
         a, b = table["learned"][d], table["uniform"][d]
         print(f"{d:<22}{a:10.4f}{b:10.4f}{a - b:+10.4f}")
     print(f"wrote {cfg.run.run_dir}/compare.json and compare.png")
+    pairs = [(n, d, v) for n in ("learned", "uniform") for d, v in table[n].items()]
+    bad = [f"{n} {d}" for n, d, v in pairs if not math.isfinite(v)]
+    if bad:
+        print(
+            f"tandem: the run failed: non-finite validation loss ({', '.join(bad)}); its "
+            f"outputs in {cfg.run.run_dir} are for diagnosis only",
+            file=sys.stderr,
+        )
+        return 1
     return 0

@@ -12,6 +12,7 @@ from ._common import (
     launch_if_parallel,
     load_job,
     mixture_table,
+    report_problems,
     verdict,
 )
 
@@ -48,33 +49,38 @@ def run(args: argparse.Namespace) -> int:
     launched = launch_if_parallel(args, cfg)
     if launched is not None:
         return launched
-    known = load_corpus(cfg.data).known_answer
+    corpus = load_corpus(cfg.data)  # read once: the job gets it, the report its known answer
     seeds = f", {args.seeds} seeds" if args.seeds > 1 else ""
-    print(
-        f"tandem optimize: method={cfg.train.method} backend={cfg.run.backend}{seeds} -> "
-        f"{cfg.run.run_dir}"
-    )
+    if rank(cfg) == 0:
+        print(
+            f"tandem optimize: method={cfg.train.method} backend={cfg.run.backend}{seeds} -> "
+            f"{cfg.run.run_dir}"
+        )
     if args.seeds > 1:
         from ..seeds import optimize_seeds
 
-        out = optimize_seeds(cfg, args.seeds, resume=args.resume, overwrite=args.overwrite)
-        result = out.mean
+        out = optimize_seeds(
+            cfg, args.seeds, resume=args.resume, overwrite=args.overwrite, corpus=corpus
+        )
+        result, runs = out.mean, out.runs
         columns = {"average": result.average, "± std": out.std_average, "last": result.last}
     else:
-        result = optimize(cfg, resume=args.resume, overwrite=args.overwrite)
+        result = optimize(cfg, resume=args.resume, overwrite=args.overwrite, corpus=corpus)
+        runs = [result]
         columns = {"average": result.average, "last": result.last}
     if rank(cfg) != 0:
         return 0
+    known = corpus.known_answer
     columns["uniform"] = np.full(len(result.domains), 1 / len(result.domains))
     print(mixture_table(result.domains, columns, known_answer_notes(known)))
     for line in verdict(result.domains, result.average, known):
         print(line)
-    if result.val_losses is not None:
+    if result.val_losses is not None and len(result.val_domains):
         vals = ", ".join(f"{d}={v:.4f}" for d, v in zip(result.val_domains, result.val_losses))
         print(f"proxy validation loss: {vals}")
     what = f"mean over {args.seeds} seeds, " if args.seeds > 1 else ""
     print(f"wrote {cfg.run.run_dir}/mixture.json ({what}average = the mixture to use), mixture.png")
-    return 0
+    return report_problems(runs, cfg.run.run_dir)
 
 
 def cfg_kind(args: argparse.Namespace) -> str:

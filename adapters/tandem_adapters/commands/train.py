@@ -11,7 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import add_job_options, launch_if_parallel, load_job
+from ._common import (
+    add_job_options,
+    launch_if_parallel,
+    load_job,
+    read_mixture_option,
+    report_problems,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,9 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from tandem_core import ConfigError
 
     from ..jobs import rank, train
-    from ..run_dir import read_mixture
 
-    weights = read_mixture(args.mixture, args.which) if args.mixture else None
+    weights = read_mixture_option(args.mixture, args.which) if args.mixture else None
     sets = list(args.set)  # the flags first, so an explicit --set still wins
     if args.anchor:
         sets.insert(0, f"train.adapt_anchor={json.dumps(str(args.anchor))}")
@@ -60,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if cfg.train.weighting != "none":
         what += f" + {cfg.train.weighting} weights (anchor: "
         what += f"{cfg.train.adapt.adapt_anchor or 'validation set'})"
-    print(f"tandem train: {what} -> {cfg.run.run_dir}")
+    if rank(cfg) == 0:
+        print(f"tandem train: {what} -> {cfg.run.run_dir}")
     result = train(cfg, weights, resume=args.resume, overwrite=args.overwrite)
     if rank(cfg) != 0:
         return 0
@@ -73,4 +79,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"mean {kind} weight per domain (effective data ratio {mean:.3f}):")
         for d, w in result.weighting["weight_by_domain"].items():
             print(f"  {d:<20} {w:.4f}")
-    return 0
+    return report_problems([result], cfg.run.run_dir)

@@ -30,6 +30,7 @@ TOKEN_SUFFIXES = (".npy", ".bin")
 SUFFIXES = TEXT_SUFFIXES + TOKEN_SUFFIXES
 SIDECAR_SUFFIX = ".dtype"
 BIN_DTYPES = ("uint16", "uint32", "int32")
+NPY_MAGIC = b"\x93NUMPY"
 
 
 def is_data_file(path: Path) -> bool:
@@ -87,6 +88,10 @@ def _bin_dtype(path: Path, default: str) -> np.dtype:
 
 def _read_tokens(path: Path, bin_dtype: str) -> np.ndarray:
     if path.suffix == ".npy":
+        with open(path, "rb") as f:
+            magic = f.read(len(NPY_MAGIC))
+        if magic != NPY_MAGIC:  # np.load would call anything else "pickled data"
+            raise DataError(f"{path}: not a .npy file (no NumPy header; save it with np.save)")
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:

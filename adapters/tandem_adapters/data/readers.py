@@ -23,6 +23,11 @@ def resolve_tokenizer(tokenizer: Any) -> Any:
 
 def _scan(root: Path, what: str, **read: Any) -> dict[str, list[Part]]:
     """Domain name -> parts, sorted by name: a sub-folder (all its files) or a file (its stem)."""
+    if root.is_file():
+        raise DataError(
+            f"{root}: is a file; the {what} data must be a folder with one file or sub-folder "
+            "per domain"
+        )
     if not root.is_dir():
         raise DataError(f"{root}: {what} folder not found")
     entries = sorted(p for p in root.iterdir() if is_data_file(p))
@@ -142,6 +147,8 @@ def load_folder(
         val = {name: val[name] for name in train}
     elif target_path:
         target = Path(target_path)
+        if not target.exists():
+            raise DataError(f"{target}: target file or folder not found")
         if target.is_file():
             val = {target.stem: [(str(target), read_file(target, **read))]}
         else:

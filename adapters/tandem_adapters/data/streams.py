@@ -64,18 +64,22 @@ def _check_array(where: str, data: Any) -> np.ndarray:
 def _resolve_vocab(arrays: list[tuple[str, np.ndarray]], tokenizer: Any, vocab_size: Any) -> int:
     """Explicit ``vocab_size``, else the tokenizer's, else max id + 1 of the arrays."""
     ranges = [(where, *id_range(arr)) for where, arr in arrays]
+    hint = f" (vocab_size={vocab_size} was given)"
     if vocab_size is None:
         hi = max((h for _, _, h in ranges), default=-1)
         vocab_size = tokenizer.vocab_size if tokenizer is not None else hi + 1
+        hint = (
+            f", the vocabulary of {tokenizer!r}: pre-tokenized ids must come from the "
+            "tokenizer that reads the text (data.tokenizer, or tokenizer= in Python)"
+        )
     elif tokenizer is not None and vocab_size < tokenizer.vocab_size:
         raise DataError(
             f"vocab_size={vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}"
         )
     for where, lo, hi in ranges:
         if lo < 0 or hi >= vocab_size:
-            bad = lo if lo < 0 else hi
-            hint = "" if lo < 0 else "; pass a larger vocab_size (or the matching tokenizer)"
-            raise DataError(f"{where}: token id {bad} is outside [0, {vocab_size}){hint}")
+            bad, why = (lo, "") if lo < 0 else (hi, hint)
+            raise DataError(f"{where}: token id {bad} is outside [0, {vocab_size}){why}")
     return int(vocab_size)
 
 
