@@ -33,7 +33,7 @@ from .data import (
 )
 from .data.formats import read_file
 from .data.streams import build_corpus
-from .data.windows import sequential_starts, windows
+from .data.windows import cut_rows, first_starts
 from .run_dir import RunDir
 
 __all__ = [
@@ -116,7 +116,7 @@ def load_anchors(cfg: JobConfig, corpus: DomainCorpus, anchor: Any = None) -> li
                 f"vocabulary [0, {corpus.vocab_size}): tokenize the anchors like the training "
                 "data (data.tokenizer)"
             )
-        tokens, labels = windows(stream, sequential_starts(stream.shape[0], seq_len, rows), seq_len)
+        tokens, labels = cut_rows(stream, first_starts(stream, seq_len, rows), seq_len)
         out.append({"tokens": tokens, "labels": labels, "domain": np.zeros(len(tokens), np.int32)})
     return out
 

@@ -39,7 +39,7 @@ from .config import JobConfig
 from .data import DataError, DomainCorpus, from_arrays, load_folder, load_tokenizer
 from .data.formats import read_file
 from .data.streams import build_corpus
-from .data.windows import sequential_starts, windows
+from .data.windows import cut_rows, first_starts
 from .jobs import build_run, load_corpus
 from .run_dir import RunDir, atomic_write
 
@@ -186,9 +186,7 @@ def probe_batches(
     """
     out = []
     for g, stream in enumerate(streams):
-        tokens, labels = windows(
-            stream, sequential_starts(stream.shape[0], seq_len, max_per_stream), seq_len
-        )
+        tokens, labels = cut_rows(stream, first_starts(stream, seq_len, max_per_stream), seq_len)
         for s in range(0, tokens.shape[0], batch_size):
             pad = batch_size - tokens[s : s + batch_size].shape[0]
             out.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -35,9 +36,9 @@ class DomainCorpus:
     """
 
     domains: tuple[str, ...]
-    train: tuple[np.ndarray, ...]
+    train: tuple[Any, ...]  # 1-D numpy arrays / memmaps, or array-like streams (data.windows)
     val_domains: tuple[str, ...]
-    val: tuple[np.ndarray, ...]
+    val: tuple[Any, ...]
     vocab_size: int
     known_answer: dict | None = None
 
@@ -75,10 +76,14 @@ class DomainCorpus:
         return f"DomainCorpus(train[{sizes}], val[{vals}], vocab_size={self.vocab_size})"
 
 
-def _check_stream(stream: np.ndarray, where: str) -> None:
-    """Cheap structural checks (no scan of the values, which may be a large memmap)."""
-    if not isinstance(stream, np.ndarray) or stream.ndim != 1:
-        raise DataError(f"{where}: token stream must be a 1-D numpy array")
+def _check_stream(stream: Any, where: str) -> None:
+    """Cheap structural checks (no scan of the values, which may be a large memmap).
+
+    A stream is a 1-D integer numpy array, or an object that behaves like one for integer-array
+    indexing (``shape``, ``ndim``, ``dtype``, ``__getitem__``; see ``data.windows``).
+    """
+    if getattr(stream, "ndim", None) != 1 or not hasattr(stream, "__getitem__"):
+        raise DataError(f"{where}: token stream must be a 1-D numpy array or array-like")
     if not np.issubdtype(stream.dtype, np.integer):
         raise DataError(f"{where}: token stream must hold integers, got dtype {stream.dtype}")
     if stream.shape[0] < 2:  # one input and one label at least

@@ -9,7 +9,7 @@ import numpy as np
 from tandem_core.data import Batch
 
 from .corpus import DomainCorpus
-from .windows import random_starts, sequential_starts, windows
+from .windows import cut_rows, draw_starts, first_starts
 
 __all__ = ["TokenSampler"]
 
@@ -57,8 +57,8 @@ class TokenSampler:
         for m in np.unique(domain):
             rows = np.flatnonzero(domain == m)
             stream = streams[m]
-            starts = random_starts(stream.shape[0], self.seq_len, rows.shape[0], rng)
-            tokens[rows], labels[rows] = windows(stream, starts, self.seq_len)
+            starts = draw_starts(stream, self.seq_len, rows.shape[0], rng)
+            tokens[rows], labels[rows] = cut_rows(stream, starts, self.seq_len)
         return {"tokens": tokens, "labels": labels, "domain": domain.astype(np.int32)}
 
     def train_batch(self, per_domain: int) -> Batch:
@@ -121,8 +121,8 @@ class TokenSampler:
         k = _positive("max_per_domain", max_per_domain)
         out = []
         for v, stream in enumerate(self.corpus.val):
-            starts = sequential_starts(stream.shape[0], self.seq_len, k)
-            tokens, labels = windows(stream, starts, self.seq_len)
+            starts = first_starts(stream, self.seq_len, k)
+            tokens, labels = cut_rows(stream, starts, self.seq_len)
             domain = np.full(starts.shape[0], v, dtype=np.int32)
             out.append({"tokens": tokens, "labels": labels, "domain": domain})
         return out
