@@ -18,11 +18,11 @@ nox.options.sessions = ["lint", "tests"]
 # backend -> (extras to install, namespaces the core tests run against, pytest marker expression)
 MATRIX = {
     "numpy": ("dev", "numpy,array_api_strict", "not slow and not cross and not examples"),
-    "torch": ("dev,torch,hf", "torch", "not slow and not cross and not examples"),
+    "torch": ("dev,torch,hf,data", "torch", "not slow and not cross and not examples"),
     "jax": ("dev,jax", "jax", "not slow and not cross and not examples"),
     "cross": ("dev,torch,jax,hf", "numpy,torch,jax", "cross and not slow and not examples"),
 }
-ALL_EXTRAS = "dev,torch,jax,hf"
+ALL_EXTRAS = "dev,torch,jax,hf,data"
 
 
 def install(session: nox.Session, extras: str) -> None:
@@ -73,8 +73,8 @@ def examples(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """benchmarks/speed.py and quality.py on CPU (< 30 min on 2 cores), into RESULTS.md."""
-    install(session, "dev,torch,jax")
+    """benchmarks/speed.py, quality.py, data.py, text_cache.py on CPU, into RESULTS.md."""
+    install(session, "dev,torch,jax,data")
     env = {
         "OMP_NUM_THREADS": "1",
         "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
@@ -82,6 +82,8 @@ def bench(session: nox.Session) -> None:
     }
     session.run("python", "benchmarks/speed.py", "--write", env=env)
     session.run("python", "benchmarks/quality.py", "--write", env=env)
+    session.run("python", "benchmarks/data.py", "--write", env=env)  # needs 9 GB free disk
+    session.run("python", "benchmarks/text_cache.py", "--write", env=env)
 
 
 @nox.session

@@ -84,3 +84,15 @@ def pytest_configure(config):
         jax.config.update("jax_compilation_cache_dir", str(cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _token_cache_in_a_temporary_folder(tmp_path_factory):
+    """Tokenized text is cached under ``$TANDEM_CACHE``: never in the user's home during tests."""
+    old = os.environ.get("TANDEM_CACHE")
+    os.environ["TANDEM_CACHE"] = str(tmp_path_factory.mktemp("token-cache"))
+    yield
+    if old is None:
+        os.environ.pop("TANDEM_CACHE", None)
+    else:
+        os.environ["TANDEM_CACHE"] = old

@@ -226,6 +226,13 @@ def test_config_changes_name_the_keys_and_nan_equals_nan():
         "model.d: 8 -> (absent)",
         "train.lr: 0.001 -> 0.01",
     ]
+    # a key added by a later tandem resumes when the new run keeps its default
+    defaults = {"data": {"x": 1, "y": 2}, "train": {"lr": 0.5}}
+    assert fp.config_changes(old, new, defaults) == [
+        "model.d: 8 -> (absent)",
+        "train.lr: 0.001 -> 0.01",
+    ]
+    assert fp.config_changes(old, {**new, "data": {"x": 3}}, defaults)[0] == "data.x: 1 -> 3"
 
 
 @needs_backend

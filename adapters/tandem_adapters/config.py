@@ -26,6 +26,7 @@ from tandem_core.run import ModelSpec, TrainConfig
 from tandem_core.taskpgm import AFFINITY_KINDS, SOLVER_METHODS, UTILITY_KINDS
 
 from .data.formats import BIN_DTYPES
+from .data.sft import LAYOUTS as SFT_LAYOUTS
 from .data.synthetic import SUITES, VAL_MODES
 
 if sys.version_info >= (3, 11):
@@ -72,11 +73,25 @@ class DataConfig:
     text_field: str = "text"
     tokenizer: str = ""  # a local tokenizer.json (default: byte-level)
     bin_dtype: str = "uint16"
+    raw_dtype: str = ""  # headerless .npy (dolma/OLMo) token files: their dtype ("": an error)
+    windows: str = "span"  # span: rows may cross documents | documents: they never do
+    # tokenized text cache: "auto" = $TANDEM_CACHE or ~/.cache/tandem/tokens; "" / "none": off
+    cache_dir: str = "auto"
     seq_len: int = 32
     seed: int = 0  # the suite's generation and the validation split (train.seed: batch order)
     suite_vocab_size: int = 32
     suite_tokens_per_domain: int = 20000
     suite_val: str = "target"  # target | per_domain
+    format: str = "text"  # text | sft (data.path .jsonl files are instruction records)
+    sft_layout: str = "pack"  # (sft) pack: examples joined | pad: one example per row
+
+    def file_options(self) -> dict:
+        """The keyword arguments of ``data.formats.read_file`` this table sets."""
+        return {
+            "text_field": self.text_field,
+            "bin_dtype": self.bin_dtype,
+            "raw_dtype": self.raw_dtype,
+        }
 
     def __post_init__(self) -> None:
         if self.seq_len < 2:
@@ -90,9 +105,22 @@ class DataConfig:
             keys = " and ".join(f"data.{k}" for k in chosen)
             raise ConfigError(f"{keys} are exclusive: give one validation option")
         unused = [k for k in ("val_path", "target_path") if getattr(self, k)]
+        if self.format == "sft" and not self.path:
+            raise ConfigError(
+                "data.format='sft' reads instruction records from data.path (for the built-in "
+                "SFT suite use data.suite='sft')"
+            )
         if self.hf_dataset and unused:
             raise ConfigError(f"data.{unused[0]} applies to data.path, not to data.hf_dataset")
-        choices = (("suite", SUITES), ("suite_val", VAL_MODES), ("bin_dtype", BIN_DTYPES))
+        choices = (
+            ("suite", SUITES),
+            ("suite_val", VAL_MODES),
+            ("bin_dtype", BIN_DTYPES),
+            ("raw_dtype", ("", *BIN_DTYPES)),
+            ("windows", ("span", "documents")),
+            ("format", ("text", "sft")),
+            ("sft_layout", SFT_LAYOUTS),
+        )
         for key, allowed in choices:
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"data.{key}={getattr(self, key)!r} is not one of {allowed}")

@@ -185,17 +185,22 @@ def _absent(value: Any) -> str:
 _MISSING = object()
 
 
-def config_changes(old: Mapping, new: Mapping) -> list[str]:
+def config_changes(old: Mapping, new: Mapping, defaults: Mapping | None = None) -> list[str]:
     """``"table.key: old -> new"`` for every key whose value differs (NaN equals NaN).
 
     Args:
         old: the configuration mapping a checkpoint was made with (tables of keys).
         new: the current one.
+        defaults: the default configuration: a key of ``new`` that ``old`` lacks (a key added
+            by a later tandem) takes its default value there, so older checkpoints resume.
 
     Returns:
         The differences, sorted by key (empty when the two are the same).
     """
     a, b = _flat(old), _flat(new)
+    if defaults is not None:
+        d = _flat(defaults)
+        a.update({key: d[key] for key in b.keys() - a.keys() if key in d})
     return [
         f"{key}: {_absent(a.get(key, _MISSING))} -> {_absent(b.get(key, _MISSING))}"
         for key in sorted(set(a) | set(b))
@@ -235,7 +240,13 @@ def summary(changes: list[str]) -> str:
     return shown + (f"; and {more} more" if more > 0 else "")
 
 
-def check_resume(saved: Mapping, current: Mapping, where: Path, echo: Any = print) -> None:
+def check_resume(
+    saved: Mapping,
+    current: Mapping,
+    where: Path,
+    echo: Any = print,
+    defaults: Mapping | None = None,
+) -> None:
     """Refuse to resume a checkpoint made from another configuration or other data.
 
     Args:
@@ -243,12 +254,13 @@ def check_resume(saved: Mapping, current: Mapping, where: Path, echo: Any = prin
         current: the same for this job.
         where: the checkpoint (for the message).
         echo: prints a note when the checkpoint has no data fingerprint (older tandem).
+        defaults: the default configuration, for keys the checkpoint predates.
 
     Raises:
         ConfigError: the configuration differs (names each ``table.key``: old -> new).
         DataChangedError: the data differs (names each file or domain that changed).
     """
-    changes = config_changes(saved.get("config") or {}, current["config"])
+    changes = config_changes(saved.get("config") or {}, current["config"], defaults)
     if changes:
         raise ConfigError(
             f"{where} was written with a different configuration ({summary(changes)}); resume "

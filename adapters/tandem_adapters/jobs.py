@@ -32,6 +32,7 @@ from .data import (
     make_suite,
 )
 from .data.formats import read_file
+from .data.sft import load_sft_tokenizer
 from .data.streams import build_corpus
 from .data.windows import cut_rows, first_starts
 from .run_dir import RunDir
@@ -51,9 +52,14 @@ class Interrupted(RuntimeError):
     """The job stopped on SIGTERM / SIGINT after saving a checkpoint (resume with --resume)."""
 
 
-def load_corpus(data: DataConfig) -> DomainCorpus:
-    """The training / validation domains the [data] table describes."""
+def load_corpus(data: DataConfig, *, progress: bool = True) -> DomainCorpus:
+    """The training / validation domains the [data] table describes.
+
+    ``progress``: a bar while text is tokenized into ``data.cache_dir`` (terminals only).
+    """
     tokenizer = load_tokenizer(data.tokenizer or None) if data.tokenizer else None
+    if data.format == "sft" and data.tokenizer:  # a tokenizer folder may carry a chat template
+        tokenizer = load_sft_tokenizer(data.tokenizer)
     if data.path:
         return load_folder(
             data.path,
@@ -64,6 +70,13 @@ def load_corpus(data: DataConfig) -> DomainCorpus:
             target_path=data.target_path or None,
             seed=data.seed,
             bin_dtype=data.bin_dtype,
+            raw_dtype=data.raw_dtype,
+            windows=data.windows,
+            format=data.format,
+            sft_layout=data.sft_layout,
+            seq_len=data.seq_len,
+            cache_dir=data.cache_dir,
+            progress=progress,
         )
     if data.hf_dataset:
         return load_hf_dataset(
@@ -80,6 +93,7 @@ def load_corpus(data: DataConfig) -> DomainCorpus:
         vocab_size=data.suite_vocab_size,
         tokens_per_domain=data.suite_tokens_per_domain,
         val=data.suite_val,
+        sft_layout=data.sft_layout,
     )
 
 
@@ -110,13 +124,15 @@ def load_anchors(cfg: JobConfig, corpus: DomainCorpus, anchor: Any = None) -> li
     name = source if isinstance(source, (str, os.PathLike)) else type(source).__name__
     out = []
     for stream in streams:
-        if int(stream.max(initial=0)) >= corpus.vocab_size:
+        # Only the anchor rows are checked: a sharded anchor stream is never read whole.
+        tokens, labels = cut_rows(stream, first_starts(stream, seq_len, rows), seq_len)
+        top = int(max(tokens.max(initial=0), labels.max(initial=0)))
+        if top >= corpus.vocab_size:
             raise DataError(
-                f"anchor {name}: token id {int(stream.max())} is outside the training data's "
+                f"anchor {name}: token id {top} is outside the training data's "
                 f"vocabulary [0, {corpus.vocab_size}): tokenize the anchors like the training "
                 "data (data.tokenizer)"
             )
-        tokens, labels = cut_rows(stream, first_starts(stream, seq_len, rows), seq_len)
         out.append({"tokens": tokens, "labels": labels, "domain": np.zeros(len(tokens), np.int32)})
     return out
 
@@ -132,7 +148,7 @@ def _read_streams(cfg: JobConfig, path: Path) -> tuple[np.ndarray, ...]:
         raise DataError(f"{path}: anchor file or folder not found (--anchor, train.adapt_anchor)")
     tokenizer = load_tokenizer(data.tokenizer) if data.tokenizer else None
     if path.is_file():
-        parts = [(str(path), read_file(path, text_field=data.text_field, bin_dtype=data.bin_dtype))]
+        parts = [(str(path), read_file(path, **data.file_options()))]
         return build_corpus({path.stem: parts}, {}, tokenizer=tokenizer).train
     return load_folder(
         path, tokenizer=tokenizer, text_field=data.text_field, bin_dtype=data.bin_dtype
@@ -177,8 +193,7 @@ def _fingerprint(cfg: JobConfig, run: MixtureRun) -> dict:
     """What a checkpoint is made from: the configuration (less where it writes) and the data."""
     from .fingerprint import data_fingerprint, plain
 
-    mapping = cfg.to_mapping()
-    mapping["run"] = {"backend": cfg.run.backend}
+    mapping = _resume_mapping(cfg)
     data = data_fingerprint(
         cfg.data,
         getattr(run.sampler, "corpus", None),
@@ -186,6 +201,14 @@ def _fingerprint(cfg: JobConfig, run: MixtureRun) -> dict:
         anchor_path=cfg.train.adapt.adapt_anchor or "",
     )
     return {"config": plain(mapping), "data": data}
+
+
+def _resume_mapping(cfg: JobConfig) -> dict:
+    """The configuration a resume must match: less where the run writes and where it caches."""
+    mapping = cfg.to_mapping()
+    mapping["run"] = {"backend": cfg.run.backend}
+    mapping["data"].pop("cache_dir", None)  # the cache holds the same tokens wherever it is
+    return mapping
 
 
 @contextlib.contextmanager
@@ -212,13 +235,14 @@ def _execute(
     cfg: JobConfig, run: MixtureRun, rd: RunDir, *, resume: bool, echo: Callable
 ) -> RunResult:
     """Resume (same config and data only) or start, run, checkpoint; a failed run frees ``rd``."""
-    from .fingerprint import check_resume
+    from .fingerprint import check_resume, plain
 
     try:
         fingerprint = _fingerprint(cfg, run)
         if resume:
             state, meta = rd.load_checkpoint()
-            check_resume(meta, fingerprint, rd.checkpoint, echo)
+            defaults = plain(_resume_mapping(JobConfig()))
+            check_resume(meta, fingerprint, rd.checkpoint, echo, defaults=defaults)
             run.load_state_dict(state)
             rd.rewrite_metrics(run.metrics)
             echo(f"resuming {rd.path} at proxy step {run.proxy_step}")
@@ -261,7 +285,7 @@ def optimize(
     check_weighting(cfg.train)  # before anything is read or written
     if rank(cfg) == 0:
         check_run_dir(cfg.run.run_dir)
-    corpus = load_corpus(cfg.data) if corpus is None else corpus
+    corpus = load_corpus(cfg.data, progress=cfg.run.progress) if corpus is None else corpus
     needs_val = cfg.train.method_record.signal.needs_val
     check_against_data(cfg, corpus, needs_val=needs_val or cfg.train.weighting != "none")
     run = build_run(cfg, corpus)
@@ -298,7 +322,7 @@ def train(
     """
     if rank(cfg) == 0:
         check_run_dir(cfg.run.run_dir)
-    corpus = load_corpus(cfg.data)
+    corpus = load_corpus(cfg.data, progress=cfg.run.progress)
     alpha = _align(weights, corpus.domains)
     cfg = cfg.replace(train={"method": "natural"})  # a static mixture: no twins, no updates
     check_against_data(cfg, corpus, needs_val=True)  # the result is the validation loss

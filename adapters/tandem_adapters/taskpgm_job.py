@@ -240,7 +240,7 @@ def _probe_streams(
     path, data = Path(probe), cfg.data
     tokenizer = load_tokenizer(data.tokenizer) if data.tokenizer else None
     if path.is_file():
-        parts = [(str(path), read_file(path, text_field=data.text_field, bin_dtype=data.bin_dtype))]
+        parts = [(str(path), read_file(path, **data.file_options()))]
         got = build_corpus(
             {path.stem: parts}, {}, tokenizer=tokenizer, vocab_size=corpus.vocab_size
         )

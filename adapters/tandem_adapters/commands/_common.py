@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 
 import numpy as np
 
@@ -99,14 +100,18 @@ def read_mixture_option(path: str, which: str) -> dict[str, float]:
 MARGIN = 0.005
 # a run fails when more than this share of its proxy steps had a non-finite loss
 MAX_NONFINITE = 0.5
+# ... or when its last training loss exceeds this multiple of a uniform guess's, ln(V)
+DIVERGED = 2.0
 
 
-def run_problems(result) -> list[str]:
+def run_problems(result, vocab_size: int | None = None) -> list[str]:
     """Why a finished run learned nothing usable (empty when it is fine).
 
     Reads the engine counters of the last metrics row: non-finite steps (more than
-    ``MAX_NONFINITE`` of the proxy steps) and, for a method that learns its mixture, the
-    number of mixture updates (none: the mixture is still the initial one).
+    ``MAX_NONFINITE`` of the proxy steps), for a method that learns its mixture the number of
+    mixture updates (none: the mixture is still the initial one), and, given ``vocab_size``,
+    the last training loss: above ``DIVERGED * ln(vocab_size)`` (far worse than a uniform
+    guess) the proxy diverged, even when every loss stayed finite.
     """
     from tandem_core.methods import Signal, get_method
 
@@ -114,6 +119,17 @@ def run_problems(result) -> list[str]:
         return []
     last, steps = result.metrics[-1], max(int(result.steps), 1)
     out = []
+    loss = last.get("train_loss_avg")
+    if (
+        vocab_size
+        and vocab_size > 1
+        and loss is not None
+        and loss > DIVERGED * math.log(vocab_size)
+    ):
+        out.append(
+            f"the proxy diverged: its last training loss {loss:.4g} is far above a uniform "
+            f"guess's ln({vocab_size}) = {math.log(vocab_size):.3f}; lower train.lr"
+        )
     nonfinite = int(last.get("nonfinite", 0))
     if nonfinite > MAX_NONFINITE * steps:
         out.append(
@@ -128,11 +144,11 @@ def run_problems(result) -> list[str]:
     return out
 
 
-def report_problems(results, run_dir: str) -> int:
+def report_problems(results, run_dir: str, vocab_size: int | None = None) -> int:
     """Print each run's problems as one line on stderr; returns the exit status (0 or 1)."""
     import sys
 
-    problems = [p for r in results for p in run_problems(r)]
+    problems = [p for r in results for p in run_problems(r, vocab_size)]
     if not problems:
         return 0
     print(

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     launched = launch_if_parallel(args, cfg)
     if launched is not None:
         return launched
-    corpus = load_corpus(cfg.data)  # read once: the job gets it, the report its known answer
+    corpus = load_corpus(cfg.data, progress=cfg.run.progress)  # read once: job and report
     seeds = f", {args.seeds} seeds" if args.seeds > 1 else ""
     if rank(cfg) == 0:
         print(
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"proxy validation loss: {vals}")
     what = f"mean over {args.seeds} seeds, " if args.seeds > 1 else ""
     print(f"wrote {cfg.run.run_dir}/mixture.json ({what}average = the mixture to use), mixture.png")
-    return report_problems(runs, cfg.run.run_dir)
+    return report_problems(runs, cfg.run.run_dir, vocab_size=corpus.vocab_size)
 
 
 def cfg_kind(args: argparse.Namespace) -> str:

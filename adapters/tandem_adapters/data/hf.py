@@ -1,19 +1,35 @@
 """``load_hf_dataset``: a Hugging Face ``datasets`` dataset saved on local disk -> ``DomainCorpus``.
 
-Optional: needs the ``datasets`` package. Only ``datasets.load_from_disk`` on a local
-directory is used (a dataset written by ``save_to_disk``); nothing is downloaded.
+``stream_documents``: one domain's documents from an ``IterableDataset``, resumable.
+
+Optional: needs the ``datasets`` package. Only local data is read (``load_from_disk`` on a
+``save_to_disk`` directory, or ``load_dataset(..., streaming=True)`` on local files); nothing
+is downloaded.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .corpus import DataError, DomainCorpus
 from .readers import resolve_tokenizer, split_parts
-from .streams import Part, build_corpus
+from .streams import Part, build_corpus, tokenize_documents
+from .text import text_kind
 
-__all__ = ["load_hf_dataset"]
+__all__ = ["DocumentStream", "load_hf_dataset", "stream_documents"]
+
+# `datasets` builders of the local files a stream can read (``data.text`` names the suffixes)
+_BUILDERS = {
+    ".jsonl": "json",
+    ".jsonl.gz": "json",
+    ".jsonl.zst": "json",
+    ".parquet": "parquet",
+    ".txt": "text",
+}
 
 
 def _documents(ds: Any, where: str, domain_field: str | None, text_field: str) -> dict:
@@ -114,3 +130,88 @@ def load_hf_dataset(
         train = {d: tr for d, (tr, _) in pairs.items()}
         val = {d: va for d, (_, va) in pairs.items()}
     return build_corpus(train, val, tokenizer=tokenizer, vocab_size=vocab_size)
+
+
+class DocumentStream:
+    """One domain's documents read lazily from a ``datasets.IterableDataset``, resumable.
+
+    ``state_dict()`` is the position after the last document returned (the dataset's own
+    ``state_dict``); a new stream over the same data given it by ``load_state_dict`` goes on
+    with the next document, so a restarted job neither repeats nor skips text.
+
+    Args:
+        dataset: the ``IterableDataset`` (e.g. ``load_dataset(..., streaming=True)``).
+        text_field: the column holding the document.
+        where: what error messages name.
+    """
+
+    def __init__(self, dataset: Any, *, text_field: str = "text", where: str = "stream") -> None:
+        self.dataset = dataset
+        self.text_field = text_field
+        self.where = where
+        self._rows: Any = None  # the live iterator; its position is the dataset's state
+
+    def documents(self, n: int) -> list[str]:
+        """The next ``n`` non-empty documents (fewer at the end of the data)."""
+        if self._rows is None:
+            self._rows = iter(self.dataset)
+        docs: list[str] = []
+        for row in self._rows:
+            if self.text_field not in row:
+                raise DataError(f"{self.where}: no field {self.text_field!r}; fields: {list(row)}")
+            text = row[self.text_field]
+            if text is not None and not isinstance(text, str):
+                raise DataError(f"{self.where}: {self.text_field!r} is {type(text).__name__}")
+            if text:
+                docs.append(text)
+            if len(docs) == n:
+                break
+        return docs
+
+    def tokens(self, tokenizer: Any, n_docs: int, dtype: Any = np.uint16) -> np.ndarray:
+        """The next ``n_docs`` documents tokenized and joined with EOS: ``(n,)`` of ``dtype``."""
+        return tokenize_documents(self.documents(n_docs), tokenizer, dtype)
+
+    def state_dict(self) -> dict:
+        """The position after the last document returned (a deep copy: JSON-serialisable)."""
+        return copy.deepcopy(self.dataset.state_dict())
+
+    def load_state_dict(self, state: dict) -> None:
+        """Go on from ``state`` (from ``state_dict`` of a stream over the same data)."""
+        self.dataset.load_state_dict(copy.deepcopy(state))
+        self._rows = None  # the next iteration starts at the loaded position
+
+
+def stream_documents(source: Any, *, text_field: str = "text") -> DocumentStream:
+    """A resumable ``DocumentStream`` over a local text source or an ``IterableDataset``.
+
+    Args:
+        source: an ``IterableDataset``; a ``Dataset`` (streamed with ``to_iterable_dataset``);
+            or a local path: a file with a ``data.text`` suffix (read with
+            ``load_dataset(..., streaming=True)``) or a ``save_to_disk`` folder.
+        text_field: the column holding the document (``.txt``: ignored, lines are documents).
+
+    Raises:
+        ImportError: ``datasets`` is not installed.
+        DataError: a path that is no text source.
+    """
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError("stream_documents needs `datasets`: pip install datasets") from err
+    if isinstance(source, datasets.IterableDataset):
+        return DocumentStream(source, text_field=text_field)
+    if isinstance(source, datasets.Dataset):
+        return DocumentStream(source.to_iterable_dataset(), text_field=text_field)
+    path = Path(source)
+    kind = text_kind(path)
+    if kind == "hf":
+        ds = datasets.load_from_disk(str(path)).to_iterable_dataset()
+    elif kind is not None:
+        ds = datasets.load_dataset(
+            _BUILDERS[kind], data_files=str(path), split="train", streaming=True
+        )
+        text_field = "text" if kind == ".txt" else text_field
+    else:
+        raise DataError(f"{path}: not a text source to stream (a file or a saved dataset)")
+    return DocumentStream(ds, text_field=text_field, where=str(path))

@@ -14,6 +14,9 @@ small vocabulary (each token has a few likely successors, ``markov.random_chain`
   off-target domains ``related``, ``noise``, ``easy``. A learned mixture should beat uniform
   by moving weight from ``noise``/``easy`` to ``restricted`` (and ``related``).
 
+- ``"sft"``: instruction tasks (prompt -> response rules, loss on responses only), built by
+  ``sft_suite.make_sft_suite``; see that module for its domains and known answer.
+
 Validation (``val=``): ``"target"`` (default) is a separate target set ``("target",)`` of fresh
 target-chain samples; ``"per_domain"`` gives each domain its own fresh validation stream.
 
@@ -33,6 +36,7 @@ import numpy as np
 
 from . import markov
 from .corpus import DomainCorpus
+from .sft_suite import make_sft_suite
 
 __all__ = ["available_suites", "make_suite"]
 
@@ -70,7 +74,7 @@ def _suite(name: str, tokens: int) -> tuple[dict[str, int], dict]:
     return sizes, {**claims, "noise": "noise"}
 
 
-SUITES = ("planted", "restricted")
+SUITES = ("planted", "restricted", "sft")  # "sft": instruction tasks (data.sft_suite)
 
 
 def available_suites() -> tuple[str, ...]:
@@ -87,6 +91,7 @@ def make_suite(
     val: str = "target",
     val_tokens: int | None = None,
     related_fraction: float = 0.3,
+    sft_layout: str = "pack",
 ) -> DomainCorpus:
     """A synthetic ``DomainCorpus`` with a known answer (see the module docstring).
 
@@ -98,6 +103,7 @@ def make_suite(
         val: ``"target"`` (one target set) or ``"per_domain"`` (one stream per domain).
         val_tokens: tokens per validation stream (default ``tokens_per_domain // 4``).
         related_fraction: share of the target chain's rows perturbed in ``related``.
+        sft_layout: the ``"sft"`` suite's rows: ``"pack"`` or ``"pad"`` (see ``data.sft``).
 
     Returns:
         The corpus, with ``known_answer`` filled in.
@@ -118,6 +124,9 @@ def make_suite(
     val_tokens = tokens_per_domain // 4 if val_tokens is None else int(val_tokens)
     if val_tokens < 2:
         raise ValueError(f"val_tokens must be >= 2, got {val_tokens}")
+    if name == "sft":
+        sizes = dict(tokens_per_domain=tokens_per_domain, val_tokens=val_tokens)
+        return make_sft_suite(seed=seed, vocab_size=vocab_size, val=val, layout=sft_layout, **sizes)
     gens, chain = _generators(seed, vocab_size, related_fraction)
     sizes, claims = _suite(name, tokens_per_domain)
 
