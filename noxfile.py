@@ -31,6 +31,10 @@ def install(session: nox.Session, extras: str) -> None:
     if links and session.venv_backend == "uv":
         args += ["--find-links", links]  # uv does not read PIP_FIND_LINKS
     session.install(*args, "-e", f".[{extras}]")
+    if "torch" in extras.split(","):
+        # Megatron-LM's own IndexedDatasetBuilder writes the files our .bin/.idx reader is
+        # tested against; --no-deps: it needs only numpy, packaging and torch (installed)
+        session.install(*args, "--no-deps", "megatron-core")
 
 
 def pytest_args(session: nox.Session, marker: str) -> list[str]:

@@ -96,3 +96,19 @@ def _token_cache_in_a_temporary_folder(tmp_path_factory):
         os.environ.pop("TANDEM_CACHE", None)
     else:
         os.environ["TANDEM_CACHE"] = old
+
+
+@pytest.fixture
+def count_encode(monkeypatch):
+    """Count the byte tokenizer's ``encode`` calls: ``calls[0]`` (a cache hit makes none)."""
+    from tandem_adapters.data.tokenizer import ByteTokenizer
+
+    calls = [0]
+    encode = ByteTokenizer.encode
+
+    def counted(self, text):
+        calls[0] += 1
+        return encode(self, text)
+
+    monkeypatch.setattr(ByteTokenizer, "encode", counted)
+    return calls

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 from backend_kits import toy_config
-from utils import installed_backends, set_args, small_job
+from utils import a_backend, installed_backends, set_args, small_job
 
 from tandem_adapters.cli import main
 from tandem_adapters.config import ConfigError, DataConfig
@@ -357,3 +358,262 @@ def test_optimize_sft_suite_known_answer(tmp_path, backend, capsys):
     assert avg["target_rule"] + avg["target_skewed"] > 2 / 4
     out = capsys.readouterr().out
     assert "[ok] noise" in out and "[ok] target_rule+target_skewed" in out
+
+
+def test_sft_suite_pad_rows_score_responses_only():
+    from tandem_adapters.data import make_suite
+
+    corpus = make_suite("sft", seed=0, sft_layout="pad")
+    sampler = TokenSampler(corpus, 16, seed=0)
+    sep, eos = corpus.vocab_size - 2, corpus.vocab_size - 1
+    for batch in (sampler.train_batch(16), *sampler.validation_sets(8)):
+        tokens, labels = batch["tokens"], batch["labels"]
+        assert (tokens[:, 0] != sep).all()  # every row starts at a prompt
+        for row, lab in zip(tokens, labels):
+            at = int(np.flatnonzero(row == sep)[0])  # label j is token j + 1: j >= SEP's index
+            scored = np.flatnonzero(lab != IGNORE_INDEX)
+            assert scored.min() == at and lab[scored[-1]] == eos  # the response, then EOS
+            assert scored.size == scored[-1] - at + 1  # contiguous: nothing past the example
+
+
+def test_optimize_sft_suite_pad_layout_through_the_cli(tmp_path, capsys):
+    run = tmp_path / "run"
+    sets = small_job(
+        f"run.backend={a_backend()}",
+        f'run.run_dir="{run}"',
+        'data.suite="sft"',
+        'data.sft_layout="pad"',
+        "train.steps=200",
+    )
+    assert main(["optimize", *set_args(*sets), "-q"]) == 0
+    avg = json.loads((run / "mixture.json").read_text())["average"]
+    assert avg["noise"] < 1 / 4
+    assert avg["target_rule"] + avg["target_skewed"] > 2 / 4
+    assert "[ok] noise" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ resume and the fingerprint
+
+
+def _stop_after(monkeypatch, rows: int) -> None:
+    """SIGTERM this process once the run has logged ``rows`` metrics rows (the CLI's own stop)."""
+    import os
+    import signal
+
+    from tandem_adapters.run_dir import RunDir
+
+    append = RunDir.append_metrics
+    seen = {"n": 0}
+
+    def counting(self, row):
+        append(self, row)
+        seen["n"] += 1
+        if seen["n"] == rows:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(RunDir, "append_metrics", counting)
+
+
+def _run_rows(run) -> list[dict]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]
+
+
+@pytest.mark.parametrize("layout", ["pack", "pad"])
+def test_stopped_sft_run_resumes_bitwise(tmp_path, monkeypatch, capsys, layout):
+    backend = a_backend()
+
+    def args(run):
+        sets = small_job(
+            f"run.backend={backend}",
+            f'run.run_dir="{run}"',
+            'data.suite="sft"',
+            f'data.sft_layout="{layout}"',
+            "data.suite_tokens_per_domain=4000",
+            "train.steps=40",
+            "run.checkpoint_every=7",
+            "train.probe_steps=3",
+            "train.free_steps=4",
+            "train.log_every=5",
+        )
+        return ["optimize", *set_args(*sets), "-q"]
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(args(whole)) == 0
+    with monkeypatch.context() as m:
+        _stop_after(m, 3)
+        assert main(args(cut)) != 0  # stopped mid-run, checkpoint saved
+    assert "continue with --resume" in capsys.readouterr().err
+    assert main([*args(cut), "--resume"]) == 0
+    a, b = (json.loads((r / "mixture.json").read_text()) for r in (whole, cut))
+    assert a["trajectory"] == b["trajectory"] and a["average"] == b["average"]
+    assert _run_rows(whole) == _run_rows(cut)
+
+
+def test_resume_refuses_sft_data_whose_prompt_response_split_changed(tmp_path, monkeypatch, capsys):
+    import tandem_adapters.jobs as jobs
+
+    run = tmp_path / "run"
+    sets = small_job(
+        f"run.backend={a_backend()}",
+        f'run.run_dir="{run}"',
+        'data.suite="sft"',
+        "data.suite_tokens_per_domain=2000",
+        "train.steps=10",
+    )
+    assert main(["optimize", *set_args(*sets), "-q"]) == 0
+    make_suite = jobs.make_suite
+
+    def moved(*args, **kwargs):  # the same ids; one more response token is scored
+        corpus = make_suite(*args, **kwargs)
+        s = corpus.train[0]
+        mask = s.loss_mask.copy()
+        mask[np.flatnonzero(~mask)[-1]] = True
+        stream = SFTStream(s.tokens, mask, s.starts, s.layout)
+        return dataclasses.replace(corpus, train=(stream, *corpus.train[1:]))
+
+    monkeypatch.setattr(jobs, "make_suite", moved)
+    assert main(["optimize", *set_args(*sets), "-q", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "made from other data" in err and "training domain 'noise': content changed" in err
+
+
+def test_sft_fingerprint_hashes_the_mask_and_reads_only_samples():
+    from tandem_adapters import fingerprint as fp
+
+    stream = build_stream(_records(30), BYTES)
+    same = SFTStream(stream.tokens.copy(), stream.loss_mask.copy(), stream.starts)
+    assert fp.stream_fingerprint(same) == fp.stream_fingerprint(stream)
+    mask = stream.loss_mask.copy()
+    mask[np.flatnonzero(mask)[0]] = False  # the same ids, another prompt/response split
+    moved = SFTStream(stream.tokens, mask, stream.starts)
+    assert fp.stream_fingerprint(moved) != fp.stream_fingerprint(stream)
+    assert fp.stream_fingerprint(stream)[0] == len(stream)
+    plain = fp.stream_fingerprint(stream.tokens)  # a plain stream's hash is unchanged
+    assert plain == fp.stream_fingerprint(np.asarray(stream.tokens, dtype=np.int64))
+
+    class Reads:
+        """An array that counts the elements read through it."""
+
+        def __init__(self, a):
+            self.a, self.shape, self.read = a, a.shape, 0
+
+        def __getitem__(self, key):
+            out = self.a[key]
+            self.read += np.size(out)
+            return out
+
+    n = 1 << 22  # large: 4 MiB of ids, sampled
+    big = SFTStream(np.zeros(n, np.uint16), np.arange(n) % 3 > 0, np.arange(0, n, 3))
+    big.tokens, big.loss_mask = Reads(big.tokens), Reads(big.loss_mask)
+    fp.stream_fingerprint(big)
+    limit = fp.SAMPLE_BLOCKS * fp.BLOCK_BYTES // 8
+    assert 0 < big.tokens.read <= limit and 0 < big.loss_mask.read <= limit
+
+
+# ------------------------------------------------------------------ ADAPT, TaskPGM, folders
+
+
+def test_train_with_adapt_weights_on_the_sft_suite(tmp_path, capsys):
+    backend, mix, run = a_backend(), tmp_path / "mix", tmp_path / "train"
+    base = [
+        f"run.backend={backend}",
+        'data.suite="sft"',
+        'data.suite_val="per_domain"',
+        "data.suite_tokens_per_domain=4000",
+    ]
+    sets = small_job(*base, f'run.run_dir="{mix}"', "train.steps=10")
+    assert main(["optimize", *set_args(*sets), "-q"]) == 0
+    sets = small_job(*base, f'run.run_dir="{run}"', "train.steps=20")
+    argv = ["train", "--mixture", str(mix), "--weighting", "adapt", *set_args(*sets), "-q"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "adapt weights" in out
+    table = out.split("validation loss per domain:")[1].splitlines()[1:6]
+    losses = {line.split()[0]: float(line.split()[1]) for line in table}
+    assert set(losses) == {"noise", "other_rule", "target_rule", "target_skewed", "average"}
+    assert all(np.isfinite(v) for v in losses.values())
+
+
+def _sft_folder(root) -> None:
+    """Two instruction tasks (one as chat records) and a target set, as .jsonl (byte ids)."""
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("abcdefgh"), size=4)) for _ in range(60)]
+    chat = [
+        {"messages": [{"role": "user", "content": w}, {"role": "assistant", "content": w.upper()}]}
+        for w in words
+    ]
+    (root / "tasks").mkdir(parents=True)
+    _write(root / "tasks" / "digits.jsonl", [r for _, r in _records(60)])
+    _write(root / "tasks" / "upper.jsonl", chat)
+    _write(root / "target.jsonl", [r for _, r in _records(20, seed=5)])
+
+
+def _folder_job(run, steps: int, *extra: str) -> list[str]:
+    """``--set`` arguments of a small job on SFT records (T = 48 fits every padded prompt)."""
+    sets = small_job(
+        f"run.backend={a_backend()}",
+        f'run.run_dir="{run}"',
+        'data.format="sft"',
+        "data.seq_len=48",
+        f"train.steps={steps}",
+        *extra,
+    )
+    return [*set_args(*sets), "-q"]
+
+
+@pytest.mark.parametrize("layout", ["pack", "pad"])
+def test_sft_folder_end_to_end(tmp_path, capsys, layout):
+    _sft_folder(tmp_path)
+    tasks, target = tmp_path / "tasks", tmp_path / "target.jsonl"
+    data = [f'data.path="{tasks}"', f'data.sft_layout="{layout}"']
+    opt = _folder_job(tmp_path / "opt", 20, *data, f'data.target_path="{target}"')
+    assert main(["optimize", *opt]) == 0
+    doc = json.loads((tmp_path / "opt" / "mixture.json").read_text())
+    assert set(doc["average"]) == {"digits", "upper"} and doc["val_domains"] == ["target"]
+    capsys.readouterr()
+    train = _folder_job(tmp_path / "train", 10, *data, "data.val_fraction=0.2")
+    assert main(["train", "--mixture", str(tmp_path / "opt"), *train]) == 0
+    out = capsys.readouterr().out.split("validation loss per domain:")[1].splitlines()
+    losses = {line.split()[0]: float(line.split()[1]) for line in out[1:4]}
+    assert set(losses) == {"digits", "upper", "average"}
+    assert all(np.isfinite(v) for v in losses.values())
+
+
+def test_taskpgm_on_sft_tasks_and_an_sft_probe(tmp_path, capsys):
+    pytest.importorskip("torch")
+    _sft_folder(tmp_path)
+    run = tmp_path / "pgm"
+    pgm = ["run.backend=torch", "taskpgm.finetune_steps=5", "taskpgm.probe_max_per_task=8"]
+    argv = ["taskpgm", "--tasks", str(tmp_path / "tasks"), *_folder_job(run, 1, *pgm)]
+    assert main(argv) == 0  # the probe: 10% of each task's records, held out
+    details = json.loads((run / "taskpgm.json").read_text())
+    assert details["tasks"] == ["digits", "upper"] and details["probe"]["tokens"] > 0
+    assert all(np.isfinite(v) for v in details["task_loss"].values())
+    # a probe file of instruction records is read as SFT (prompts carry no loss), not as text
+    assert main([*argv, "--probe", str(tmp_path / "target.jsonl"), "--overwrite"]) == 0
+    details = json.loads((run / "taskpgm.json").read_text())
+    assert details["probe"]["groups"] == ["target"]
+    target = load_folder(tmp_path / "tasks", format="sft", target_path=tmp_path / "target.jsonl")
+    target = target.val[0]
+    rows = cut_rows(target, target.first_starts(48, 8), 48)[1]
+    assert details["probe"]["tokens"] == int((rows != IGNORE_INDEX).sum())
+
+
+def test_adapt_anchor_of_instruction_records_is_read_as_sft(tmp_path, capsys):
+    from tandem_adapters import jobs
+    from tandem_adapters.config import JobConfig
+
+    _sft_folder(tmp_path)
+    target = tmp_path / "target.jsonl"
+    cfg = JobConfig().replace(data={"format": "sft", "seq_len": 48, "path": str(tmp_path)})
+    (stream,) = jobs._read_streams(cfg, target)
+    assert not np.asarray(stream.loss_mask[: stream.shape[0]]).all()  # prompts: no loss
+    data = [f'data.path="{tmp_path / "tasks"}"', "data.val_fraction=0.2"]
+    opt = _folder_job(tmp_path / "opt", 10, *data)
+    assert main(["optimize", *opt]) == 0
+    train = _folder_job(tmp_path / "train", 10, *data)
+    argv = ["train", "--mixture", str(tmp_path / "opt"), "--weighting", "adapt"]
+    assert main([*argv, "--anchor", str(target), *train]) == 0
+    assert "validation loss per domain" in capsys.readouterr().out

@@ -244,3 +244,86 @@ def test_large_corpus_vocab_from_a_sample_and_ids_checked_at_batch_time(tmp_path
     with pytest.raises(DataError, match=r"web\.bin: token id 5000 at token offset 7780"):
         corpus.train[0][np.arange(7_770, 7_790)]
     assert load_folder(root, vocab_size=6_000).train[0][7_780] == 5_000
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "int32"])
+@pytest.mark.parametrize("multimodal", [False, True])
+def test_megatron_own_builder_reads_back(tmp_path, dtype, multimodal):
+    """A dataset written by Megatron-LM's ``IndexedDatasetBuilder`` (skipped without it)."""
+    import warnings
+
+    with warnings.catch_warnings():  # megatron warns at import that Apex is missing
+        warnings.simplefilter("ignore")
+        torch = pytest.importorskip("torch")
+        indexed = pytest.importorskip("megatron.core.datasets.indexed_dataset")
+    rng = np.random.default_rng(0)
+    builder = indexed.IndexedDatasetBuilder(
+        str(tmp_path / "x.bin"), dtype=np.dtype(dtype).type, multimodal=multimodal
+    )
+    docs = []  # each document: its sequences
+    for k in range(12):
+        seqs = [rng.integers(0, 1000, int(n)) for n in rng.integers(1, 20, 1 + k % 3)]
+        if k % 2:  # item by item, then end_document
+            for s in seqs:
+                builder.add_item(torch.from_numpy(s))
+            builder.end_document()
+        else:  # the whole document at once, as Megatron's preprocess_data.py does (a list)
+            lengths = [len(s) for s in seqs]
+            builder.add_document(np.concatenate(seqs).tolist(), lengths, [0] * len(seqs))
+        docs.append(seqs)
+    builder.finalize(str(tmp_path / "x.idx"))
+    tokens, documents = read_megatron(tmp_path / "x.bin", tmp_path / "x.idx")
+    whole = np.concatenate([s for d in docs for s in d])
+    assert tokens.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(tokens, whole)
+    sizes = [sum(len(s) for s in d) for d in docs]
+    np.testing.assert_array_equal(documents(), np.cumsum([0, *sizes[:-1]]))
+    stream = read_file(tmp_path / "x.bin")  # the folder reader's path: the same shard
+    np.testing.assert_array_equal(stream[:], whole)
+
+
+def _write_dolma(path, documents, dtype) -> None:
+    """dolma's tokenizer layout: raw ids ``X.npy``, ``X.csv.gz`` rows ``start,end,id,src,loc``."""
+    import csv
+    import gzip
+
+    ids = np.memmap(path, dtype=dtype, mode="w+", shape=(sum(map(len, documents)),))
+    with gzip.open(path.with_suffix(".csv.gz"), "wt", newline="") as f:
+        rows, start = csv.writer(f), 0
+        for i, doc in enumerate(documents):
+            ids[start : start + len(doc)] = doc
+            rows.writerow([start, start + len(doc), f"doc,{i}", "s3://bucket/src.json.gz", i])
+            start += len(doc)
+    ids.flush()
+    del ids
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "uint32"])
+def test_dolma_metadata_gives_document_boundaries(tmp_path, dtype):
+    rng = np.random.default_rng(0)
+    docs = [np.full(int(n), i + 1) for i, n in enumerate(rng.integers(1, 30, 40))]
+    (tmp_path / "web").mkdir()
+    _write_dolma(tmp_path / "web" / "part-0-00000.npy", docs[:25], dtype)
+    _write_dolma(tmp_path / "web" / "part-1-00000.npy", docs[25:], dtype)
+    corpus = load_folder(tmp_path, raw_dtype=dtype, windows="documents")  # .csv.gz: no domain
+    (stream,) = corpus.train
+    assert isinstance(stream, DocumentStream) and corpus.domains == ("web",)
+    np.testing.assert_array_equal(stream[:], np.concatenate(docs))
+    sizes = [len(d) for d in docs]
+    np.testing.assert_array_equal(stream.documents()[0], np.cumsum([0, *sizes[:-1]]))
+    tokens, labels = stream.windows(stream.draw_starts(8, 500, np.random.default_rng(1)), 8)
+    for row, lab in zip(tokens, labels):  # one document per row: one id, then padding
+        assert len(set(row[row > 0])) == 1 and set(lab[lab != IGNORE_INDEX]) <= {row[0]}
+    span = load_folder(tmp_path, raw_dtype=dtype)  # the metadata is only read for documents
+    np.testing.assert_array_equal(span.train[0][:], np.concatenate(docs))
+
+
+def test_bad_dolma_metadata_names_file_and_line(tmp_path):
+    import gzip
+
+    np.arange(10, dtype=np.uint16).tofile(tmp_path / "a.npy")
+    with gzip.open(tmp_path / "a.csv.gz", "wt") as f:
+        f.write("0,4,x,s,0\n4,12,y,s,1\n")  # past the 10-token array
+    (stream,) = load_folder(tmp_path, raw_dtype="uint16", windows="documents").train
+    with pytest.raises(DataError, match=r"a\.csv\.gz:2: document span \[4, 12\)"):
+        stream.documents()

@@ -48,20 +48,6 @@ def _write(path, docs, field="text"):
 FORMATS = ["a.txt", "a.jsonl", "a.jsonl.gz", "a.jsonl.zst", "a.parquet", "a_hf"]
 
 
-@pytest.fixture
-def count_encode(monkeypatch):
-    """Count ByteTokenizer.encode calls: ``calls[0]``."""
-    calls = [0]
-    encode = ByteTokenizer.encode
-
-    def counted(self, text):
-        calls[0] += 1
-        return encode(self, text)
-
-    monkeypatch.setattr(ByteTokenizer, "encode", counted)
-    return calls
-
-
 def _mk(tmp_path):
     folder = tmp_path / "data"
     folder.mkdir(exist_ok=True)

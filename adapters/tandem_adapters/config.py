@@ -70,6 +70,9 @@ class DataConfig:
     val_fraction: float = 0.0  # or split each domain's documents
     hf_dataset: str = ""  # a local `datasets.load_from_disk` directory
     domain_field: str = "domain"  # (hf_dataset) the column naming the domain
+    hf_streaming: bool = False  # (hf_dataset) stream each domain through a bounded token buffer
+    stream_buffer_tokens: int = 1 << 20  # (hf_streaming) tokens held per training domain
+    stream_val_tokens: int = 0  # (hf_streaming) validation: each domain's first tokens, held out
     text_field: str = "text"
     tokenizer: str = ""  # a local tokenizer.json (default: byte-level)
     bin_dtype: str = "uint16"
@@ -112,6 +115,21 @@ class DataConfig:
             )
         if self.hf_dataset and unused:
             raise ConfigError(f"data.{unused[0]} applies to data.path, not to data.hf_dataset")
+        if self.hf_streaming and not self.hf_dataset:
+            raise ConfigError("data.hf_streaming needs data.hf_dataset (a local saved dataset)")
+        if self.hf_streaming and self.val_fraction:
+            raise ConfigError(
+                "data.val_fraction needs the whole dataset; with data.hf_streaming hold out "
+                "each domain's first tokens with data.stream_val_tokens"
+            )
+        if self.stream_val_tokens and not self.hf_streaming:
+            raise ConfigError("data.stream_val_tokens applies to data.hf_streaming only")
+        if self.stream_buffer_tokens <= self.seq_len or self.stream_val_tokens < 0:
+            raise ConfigError(
+                f"data.stream_buffer_tokens must be > data.seq_len ({self.seq_len}) and "
+                f"data.stream_val_tokens >= 0, got {self.stream_buffer_tokens} and "
+                f"{self.stream_val_tokens}"
+            )
         choices = (
             ("suite", SUITES),
             ("suite_val", VAL_MODES),

@@ -11,6 +11,9 @@ fingerprint is cheap, computed once at start and stored in every checkpoint's me
   token count of every training and validation stream and a hash of its tokens (all of them up
   to ``FULL_HASH_BYTES``, else sampled blocks), and the vocabulary size;
 - built-in suites: their settings; ADAPT anchors: their token count and hash.
+
+A streamed training domain (``data.hf_streaming``) holds only a buffer: its tokens are not
+hashed (that would read the dataset), the dataset folder's files stand for it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 from tandem_core import ConfigError
 
 from .data import DataError, DomainCorpus
+from .data.streamed import StreamedDomain
 
 __all__ = [
     "DataChangedError",
@@ -74,20 +78,37 @@ def file_fingerprint(path: str | os.PathLike) -> list:
     return [size, h.hexdigest()]
 
 
-def stream_fingerprint(stream: np.ndarray) -> list:
+def _update(h: Any, values: Any, n: int) -> None:
+    """Feed ``values[:n]`` (as int64) to ``h``: whole when small, else ``SAMPLE_BLOCKS`` blocks.
+
+    Only slices are read, so a sharded or memory-mapped stream is never read whole.
+    """
+    block = max(1, BLOCK_BYTES // 8)
+    if n * 8 <= FULL_HASH_BYTES:
+        h.update(np.asarray(values[0:n], dtype=np.int64).tobytes())
+    else:
+        for start in _offsets(n, block):
+            h.update(np.asarray(values[start : start + block], dtype=np.int64).tobytes())
+
+
+def stream_fingerprint(stream: Any) -> list:
     """``[tokens, hash]`` of a 1-D token stream (whole when small, else sampled blocks).
 
     The hash reads the token values (as int64), so the same ids in another dtype hash alike.
+    A stream with a ``loss_mask`` (SFT) also hashes the mask and its example ``starts``: the
+    same ids with another prompt/response split (or other example bounds) train differently.
     """
     n = int(stream.shape[0])
     h = _hash()
     h.update(str(n).encode())
-    block = max(1, BLOCK_BYTES // 8)
-    if n * 8 <= FULL_HASH_BYTES:
-        h.update(np.asarray(stream, dtype=np.int64).tobytes())
-    else:
-        for start in _offsets(n, block):
-            h.update(np.asarray(stream[start : start + block], dtype=np.int64).tobytes())
+    _update(h, stream, n)
+    mask = getattr(stream, "loss_mask", None)
+    if mask is not None:
+        h.update(b"loss_mask")
+        _update(h, mask, n)
+        starts = np.asarray(getattr(stream, "starts", ()), dtype=np.int64)
+        h.update(b"starts")
+        _update(h, starts, int(starts.shape[0]))
     return [n, h.hexdigest()]
 
 
@@ -146,7 +167,11 @@ def data_fingerprint(
         streams.update(
             {f"validation domain {d!r}": s for d, s in zip(corpus.val_domains, corpus.val)}
         )
-        out["streams"] = {name: stream_fingerprint(s) for name, s in streams.items()}
+        out["streams"] = {
+            name: stream_fingerprint(s)
+            for name, s in streams.items()
+            if not isinstance(s, StreamedDomain)
+        }
         out["vocab_size"] = int(corpus.vocab_size)
     if anchors:
         tokens = [np.asarray(b["tokens"]).reshape(-1) for b in anchors]

@@ -32,7 +32,7 @@ from .data import (
     make_suite,
 )
 from .data.formats import read_file
-from .data.sft import load_sft_tokenizer
+from .data.sft import build_sft_corpus, load_sft_tokenizer, read_records
 from .data.streams import build_corpus
 from .data.windows import cut_rows, first_starts
 from .run_dir import RunDir
@@ -78,6 +78,17 @@ def load_corpus(data: DataConfig, *, progress: bool = True) -> DomainCorpus:
             cache_dir=data.cache_dir,
             progress=progress,
         )
+    if data.hf_dataset and data.hf_streaming:  # never tokenized whole: a buffer per domain
+        from .data.hf import stream_hf_dataset
+
+        return stream_hf_dataset(
+            data.hf_dataset,
+            domain_field=data.domain_field,
+            text_field=data.text_field,
+            tokenizer=tokenizer,
+            val_tokens=data.stream_val_tokens,
+            buffer_tokens=data.stream_buffer_tokens,
+        )
     if data.hf_dataset:
         return load_hf_dataset(
             data.hf_dataset,
@@ -86,6 +97,7 @@ def load_corpus(data: DataConfig, *, progress: bool = True) -> DomainCorpus:
             tokenizer=tokenizer,
             val_fraction=data.val_fraction,
             seed=data.seed,
+            cache_dir=data.cache_dir,
         )
     return make_suite(
         data.suite,
@@ -137,22 +149,43 @@ def load_anchors(cfg: JobConfig, corpus: DomainCorpus, anchor: Any = None) -> li
     return out
 
 
-def _read_streams(cfg: JobConfig, path: Path) -> tuple[np.ndarray, ...]:
-    """Token streams of a file (one stream) or a folder (one per domain), data-table options.
+def read_path(
+    data: DataConfig, path: Path, *, vocab_size: int | None = None
+) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """Domains and token streams of a file (one domain) or a folder (one per entry).
+
+    Read as the ``[data]`` table reads its data: text or token files, or instruction records
+    with ``data.format = "sft"`` (prompts carry no loss). ``vocab_size``: the bound the ids
+    must respect (default: the tokenizer's, or the ids' own).
+    """
+    if data.format == "sft":
+        tokenizer = load_sft_tokenizer(data.tokenizer) if data.tokenizer else None
+        options = {"tokenizer": tokenizer, "seq_len": data.seq_len, "vocab_size": vocab_size}
+        if path.is_file():
+            parts = {path.stem: [(str(path), read_records(path))]}
+            got = build_sft_corpus(parts, {}, layout=data.sft_layout, **options)
+        else:
+            got = load_folder(path, format="sft", sft_layout=data.sft_layout, **options)
+        return got.domains, got.train
+    tokenizer = load_tokenizer(data.tokenizer) if data.tokenizer else None
+    if path.is_file():
+        parts = [(str(path), read_file(path, **data.file_options()))]
+        got = build_corpus({path.stem: parts}, {}, tokenizer=tokenizer, vocab_size=vocab_size)
+    else:
+        options = data.file_options()
+        got = load_folder(path, tokenizer=tokenizer, vocab_size=vocab_size, **options)
+    return got.domains, got.train
+
+
+def _read_streams(cfg: JobConfig, path: Path) -> tuple[Any, ...]:
+    """Anchor streams of a file or folder (``read_path``); names the option when missing.
 
     The vocabulary is the tokenizer's (or the ids' own): ``load_anchors`` then names an id
     beyond the training data's vocabulary.
     """
-    data = cfg.data
     if not path.exists():
         raise DataError(f"{path}: anchor file or folder not found (--anchor, train.adapt_anchor)")
-    tokenizer = load_tokenizer(data.tokenizer) if data.tokenizer else None
-    if path.is_file():
-        parts = [(str(path), read_file(path, **data.file_options()))]
-        return build_corpus({path.stem: parts}, {}, tokenizer=tokenizer).train
-    return load_folder(
-        path, tokenizer=tokenizer, text_field=data.text_field, bin_dtype=data.bin_dtype
-    ).train
+    return read_path(cfg.data, path)[1]
 
 
 def build_run(

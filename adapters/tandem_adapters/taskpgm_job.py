@@ -36,11 +36,9 @@ import tandem_core as tc
 from tandem_core.run import RunResult
 
 from .config import JobConfig
-from .data import DataError, DomainCorpus, from_arrays, load_folder, load_tokenizer
-from .data.formats import read_file
-from .data.streams import build_corpus
+from .data import DataError, DomainCorpus, from_arrays
 from .data.windows import cut_rows, first_starts
-from .jobs import build_run, load_corpus
+from .jobs import build_run, load_corpus, read_path
 from .run_dir import RunDir, atomic_write
 
 __all__ = ["TaskPGMOutput", "probe_batches", "run_taskpgm"]
@@ -237,22 +235,7 @@ def _probe_streams(
     if isinstance(probe, Mapping):
         got = from_arrays(probe, vocab_size=corpus.vocab_size)
         return got.domains, got.train
-    path, data = Path(probe), cfg.data
-    tokenizer = load_tokenizer(data.tokenizer) if data.tokenizer else None
-    if path.is_file():
-        parts = [(str(path), read_file(path, **data.file_options()))]
-        got = build_corpus(
-            {path.stem: parts}, {}, tokenizer=tokenizer, vocab_size=corpus.vocab_size
-        )
-    else:
-        got = load_folder(
-            path,
-            tokenizer=tokenizer,
-            text_field=data.text_field,
-            bin_dtype=data.bin_dtype,
-            vocab_size=corpus.vocab_size,
-        )
-    return got.domains, got.train
+    return read_path(cfg.data, Path(probe), vocab_size=corpus.vocab_size)
 
 
 def _probe_pass(

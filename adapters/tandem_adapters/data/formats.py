@@ -18,6 +18,8 @@ Rules (the same in every layout):
   ``.idx`` gives the dtype and the document boundaries. ``.idx`` files are not data files.
 - ``.npy`` without the NumPy header: a headerless raw array as dolma / OLMo write them, read
   as ``raw_dtype`` (``data.raw_dtype``, one of ``BIN_DTYPES``); an error when it is ``""``.
+  dolma's metadata ``X.csv.gz`` next to ``X.npy`` (rows ``start,end,id,...``) gives the
+  document boundaries (``data.windows = "documents"``); ``.csv.gz`` files are not data files.
 
 Token files are never read whole here: see ``data.shards`` for how ids are checked.
 """
@@ -32,7 +34,7 @@ import numpy as np
 
 from .corpus import DataError
 from .megatron import read_megatron
-from .shards import Shard, ShardedStream
+from .shards import Shard, ShardedStream, dolma_documents
 from .text import read_documents, text_kind
 
 __all__ = ["BIN_DTYPES", "SUFFIXES", "is_data_file", "read_file", "read_text_lines"]
@@ -44,11 +46,17 @@ SIDECAR_SUFFIX = ".dtype"
 BIN_DTYPES = ("uint16", "uint32", "int32")
 NPY_MAGIC = b"\x93NUMPY"
 IDX_SUFFIX = ".idx"  # Megatron's index, read with its .bin
+DOLMA_META = ".csv.gz"  # dolma's document spans, read with its .npy
 
 
 def is_data_file(path: Path) -> bool:
-    """False for hidden files and ``.bin.dtype`` sidecars, which readers skip silently."""
-    return not path.name.startswith(".") and path.suffix not in (SIDECAR_SUFFIX, IDX_SUFFIX)
+    """False for hidden files and sidecars (``.bin.dtype``, ``.idx``, dolma's ``.csv.gz``).
+
+    Only the name is looked at (readers pass path parts); CSV is no data format here, so a
+    ``.csv.gz`` is always taken for dolma's metadata.
+    """
+    sidecar = path.suffix in (SIDECAR_SUFFIX, IDX_SUFFIX) or path.name.endswith(DOLMA_META)
+    return not (path.name.startswith(".") or sidecar)
 
 
 def read_text_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -98,7 +106,12 @@ def _read_tokens(path: Path, bin_dtype: str, raw_dtype: str = "") -> Any:
         with open(path, "rb") as f:
             magic = f.read(len(NPY_MAGIC))
         if magic != NPY_MAGIC and raw_dtype:  # dolma / OLMo: raw ids named .npy
-            return _raw_array(path, raw_dtype, "data.raw_dtype")
+            tokens = _raw_array(path, raw_dtype, "data.raw_dtype")
+            meta = path.with_suffix(DOLMA_META)
+            if not meta.is_file():
+                return tokens
+            documents = dolma_documents(meta, tokens.shape[0])  # read on first use only
+            return ShardedStream([Shard(str(path), tokens, documents=documents)])
         if magic != NPY_MAGIC:  # np.load would call anything else "pickled data"
             raise DataError(
                 f"{path}: not a .npy file (no NumPy header; save it with np.save, or set "

@@ -128,11 +128,27 @@ class TokenSampler:
         return out
 
     def domain_sizes(self) -> list[int]:
-        """Training tokens per domain (for natural / temperature mixtures)."""
-        return [int(s.shape[0]) for s in self.corpus.train]
+        """Training tokens per domain (for natural / temperature mixtures).
+
+        A stream with a ``domain_tokens`` attribute gives that instead of its length: a
+        streamed domain holds only a buffer, and estimates the whole (``data.streamed``).
+        """
+        return [int(getattr(s, "domain_tokens", s.shape[0])) for s in self.corpus.train]
+
+    def _stateful(self) -> dict[str, Any]:
+        """Training streams that keep a position of their own (``state_dict`` methods)."""
+        return {
+            name: s
+            for name, s in zip(self.domains, self.corpus.train)
+            if callable(getattr(s, "state_dict", None))
+        }
 
     def state_dict(self) -> dict:
-        """JSON-serialisable position and RNG states (numpy ``bit_generator.state`` dicts)."""
+        """JSON-serialisable position and RNG states (numpy ``bit_generator.state`` dicts).
+
+        ``streams``: each stateful training stream's own ``state_dict`` (e.g. where a streamed
+        domain reads next), saved beside the RNG states it must match.
+        """
         return {
             "version": STATE_VERSION,
             "seed": self.seed,
@@ -141,6 +157,7 @@ class TokenSampler:
             "val_domains": list(self.val_domains),
             "rngs": {name: rng.bit_generator.state for name, rng in self._rngs.items()},
             "val_cursor": self._val_cursor,
+            "streams": {name: s.state_dict() for name, s in self._stateful().items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -163,6 +180,13 @@ class TokenSampler:
                 rngs[name].bit_generator.state = state["rngs"][name]
             except (KeyError, TypeError, ValueError) as err:
                 raise ValueError(f"state['rngs'][{name!r}] is missing or invalid: {err}") from err
+        streams = state.get("streams") or {}  # absent in states of plain-array corpora
+        stateful = self._stateful()
+        unknown = sorted(set(streams) - set(stateful))
+        if unknown:
+            raise ValueError(f"state has stream positions of {unknown}, this sampler has none")
+        for name, stream_state in streams.items():
+            stateful[name].load_state_dict(stream_state)
         self._rngs = rngs
         self._val_cursor = int(state["val_cursor"]) % max(1, len(self.val_domains))
         self.seed = int(state["seed"])

@@ -17,13 +17,17 @@ Two ways to cut rows (``data.windows``):
 - ``"documents"`` (``DocumentStream``): a row never crosses a document boundary (nor a shard
   boundary). A document is drawn with probability proportional to its number of windows, then
   an offset in it; a document shorter than T + 1 gives one row padded with ``IGNORE_INDEX``.
-  Document boundaries come from Megatron's ``.idx`` or from the EOS ids of tokenized text.
+  Document boundaries come from Megatron's ``.idx``, dolma's ``.csv.gz`` metadata next to a raw
+  ``.npy`` (``dolma_documents``), or the EOS ids of tokenized text.
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +36,14 @@ from tandem_core import IGNORE_INDEX
 
 from .corpus import DataError
 
-__all__ = ["DocumentStream", "Shard", "ShardedStream", "eos_documents", "file_offset"]
+__all__ = [
+    "DocumentStream",
+    "Shard",
+    "ShardedStream",
+    "dolma_documents",
+    "eos_documents",
+    "file_offset",
+]
 
 MAX_ARRAY_TOKENS = 1 << 24  # np.asarray(stream) above this is a whole-corpus read: refused
 
@@ -76,6 +87,40 @@ def eos_documents(tokens: np.ndarray, eos_id: int) -> Callable[[], np.ndarray]:
     def starts() -> np.ndarray:
         ends = np.flatnonzero(np.asarray(tokens) == eos_id) + 1
         return np.concatenate([[0], ends[ends < tokens.shape[0]]]).astype(np.int64)
+
+    return starts
+
+
+def dolma_documents(meta: Path, n: int) -> Callable[[], np.ndarray]:
+    """Lazy document starts of a dolma array from its ``.csv.gz`` metadata (rows ``start,end,...``).
+
+    dolma's tokenizer writes one row per document, in file order, with the token span
+    ``[start, end)`` first; the later columns (id, source, line) are not needed here.
+
+    Args:
+        meta: the ``X.csv.gz`` written next to ``X.npy``.
+        n: the array's length in tokens.
+
+    Returns:
+        A callable giving int64 ``(D,)`` sorted document starts in ``[0, n)``.
+    """
+
+    def starts() -> np.ndarray:
+        out, last = [], 0
+        with gzip.open(meta, "rt", encoding="utf-8", newline="") as f:
+            for lineno, row in enumerate(csv.reader(f), start=1):
+                try:
+                    start, end = int(row[0]), int(row[1])
+                except (IndexError, ValueError):
+                    raise DataError(f"{meta}:{lineno}: expected a 'start,end,...' row") from None
+                if not last <= start <= end <= n:  # dolma writes documents back to back
+                    raise DataError(
+                        f"{meta}:{lineno}: document span [{start}, {end}) is out of order or "
+                        f"outside the {n}-token array"
+                    )
+                out.append(start)
+                last = end
+        return np.array([s for s in out if s < n], dtype=np.int64)
 
     return starts
 
@@ -234,8 +279,8 @@ def _document_bounds(shards: Sequence[Shard], starts: np.ndarray) -> tuple[np.nd
         if shard.documents is None:
             raise DataError(
                 f"{shard.where}: data.windows='documents' needs document boundaries, which "
-                "this file does not record; use Megatron .bin + .idx or text files, or "
-                "data.windows='span'"
+                "this file does not record; use Megatron .bin + .idx, dolma .npy + .csv.gz, "
+                "text files, or data.windows='span'"
             )
         local = np.asarray(shard.documents(), dtype=np.int64) - shard.offset
         local = local[(local > 0) & (local < shard.tokens.shape[0])]
