@@ -18,11 +18,15 @@ nox.options.sessions = ["lint", "tests"]
 # backend -> (extras to install, namespaces the core tests run against, pytest marker expression)
 MATRIX = {
     "numpy": ("dev", "numpy,array_api_strict", "not slow and not cross and not examples"),
-    "torch": ("dev,torch,hf,data", "torch", "not slow and not cross and not examples"),
+    "torch": (
+        "dev,torch,hf,data,tensorboard,wandb",
+        "torch",
+        "not slow and not cross and not examples",
+    ),
     "jax": ("dev,jax", "jax", "not slow and not cross and not examples"),
     "cross": ("dev,torch,jax,hf", "numpy,torch,jax", "cross and not slow and not examples"),
 }
-ALL_EXTRAS = "dev,torch,jax,hf,data"
+ALL_EXTRAS = "dev,torch,jax,hf,data,tensorboard,wandb"
 
 
 def install(session: nox.Session, extras: str) -> None:

@@ -51,6 +51,20 @@ def test_readme_loop_runs_as_written():
     assert int(state.count) == 2 and abs(float(summary.average.sum()) - 1.0) < 1e-6
 
 
+def test_readme_trainer_example_runs(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("datasets")
+    pytest.importorskip("accelerate")
+    example = _block("from tandem_torch import TandemTrainer")
+    assert "max_steps=600" in example
+    monkeypatch.chdir(tmp_path)  # output_dir="out"
+    scope: dict = {}
+    exec(example.replace("max_steps=600", "max_steps=50"), scope)
+    average = scope["trainer"].mixture_summary().average
+    assert abs(float(average.sum()) - 1.0) < 1e-6 and (tmp_path / "out" / "mixture.json").exists()
+
+
 def test_readme_engine_example_runs():
     pytest.importorskip("torch")
     example = _block("backend.make_engine")

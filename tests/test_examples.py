@@ -57,6 +57,16 @@ def test_jax_loop_learns_the_mixture_of_tandem_optimize(tmp_path):
     np.testing.assert_allclose(loop, cli, atol=1e-5)
 
 
+def test_hf_trainer_example_down_weights_noise(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    pytest.importorskip("datasets")
+    out = tmp_path / "mixture.json"
+    _python(ROOT / "examples" / "hf_trainer.py", "--steps", STEPS, "--out", out)
+    doc = json.loads(out.read_text())  # the run directory's format: weights by domain name
+    assert doc["average"]["noise"] < 1 / len(doc["domains"])
+
+
 @pytest.mark.parametrize("script, args", [("quickstart.py", ()), ("adapt_loop.py", ())])
 def test_small_examples_run(script, args):
     pytest.importorskip("torch")

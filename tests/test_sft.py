@@ -360,6 +360,23 @@ def test_optimize_sft_suite_known_answer(tmp_path, backend, capsys):
     assert "[ok] noise" in out and "[ok] target_rule+target_skewed" in out
 
 
+@pytest.mark.parametrize("method", ["doremi", "doge", "uniform"])
+def test_baselines_run_on_the_sft_suite_unchanged(tmp_path, method):
+    run = tmp_path / "run"
+    sets = small_job(
+        f"run.backend={a_backend()}",
+        f'run.run_dir="{run}"',
+        'data.suite="sft"',
+        f'train.method="{method}"',
+        "train.steps=20",
+    )
+    assert main(["optimize", *set_args(*sets), "-q"]) == 0
+    doc = json.loads((run / "mixture.json").read_text())
+    weights = np.array(list(doc["average"].values()))
+    assert np.isfinite(weights).all() and abs(weights.sum() - 1) < 1e-6
+    assert all(np.isfinite(v) for v in doc["val_loss"].values())
+
+
 def test_sft_suite_pad_rows_score_responses_only():
     from tandem_adapters.data import make_suite
 

@@ -28,6 +28,7 @@ from tandem_core.taskpgm import AFFINITY_KINDS, SOLVER_METHODS, UTILITY_KINDS
 from .data.formats import BIN_DTYPES
 from .data.sft import LAYOUTS as SFT_LAYOUTS
 from .data.synthetic import SUITES, VAL_MODES
+from .trackers import check_name as check_tracker
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,12 +52,15 @@ class RunConfig:
     """Where a job runs: the backend (any registered training backend) and the run directory."""
 
     backend: str = "torch"  # a `tandem.backends` entry point: torch | jax | a plugin's name
-    run_dir: str = "runs/tandem"
+    run_dir: str = "runs/tandem"  # the run's folder (the CLI: runs/<data>-<command>-<time>)
     checkpoint_every: int = 100  # proxy steps between checkpoints (0: only at the end)
-    progress: bool = True
+    progress: bool = True  # a progress bar on the terminal
+    report_to: list = field(default_factory=list)  # trackers of the metrics: tensorboard | wandb
 
     def __post_init__(self) -> None:
         check_fields(self, nonnegative=("checkpoint_every",), prefix="run.")
+        for name in self.report_to:
+            check_tracker(name)
 
 
 @dataclass(frozen=True)
@@ -73,17 +77,17 @@ class DataConfig:
     hf_streaming: bool = False  # (hf_dataset) stream each domain through a bounded token buffer
     stream_buffer_tokens: int = 1 << 20  # (hf_streaming) tokens held per training domain
     stream_val_tokens: int = 0  # (hf_streaming) validation: each domain's first tokens, held out
-    text_field: str = "text"
+    text_field: str = "text"  # the text column of .jsonl / .parquet / dataset records
     tokenizer: str = ""  # a local tokenizer.json (default: byte-level)
-    bin_dtype: str = "uint16"
+    bin_dtype: str = "uint16"  # token dtype of .bin files
     raw_dtype: str = ""  # headerless .npy (dolma/OLMo) token files: their dtype ("": an error)
     windows: str = "span"  # span: rows may cross documents | documents: they never do
     # tokenized text cache: "auto" = $TANDEM_CACHE or ~/.cache/tandem/tokens; "" / "none": off
     cache_dir: str = "auto"
-    seq_len: int = 32
+    seq_len: int = 32  # tokens per training row
     seed: int = 0  # the suite's generation and the validation split (train.seed: batch order)
-    suite_vocab_size: int = 32
-    suite_tokens_per_domain: int = 20000
+    suite_vocab_size: int = 32  # (suite) vocabulary size of the generated data
+    suite_tokens_per_domain: int = 20000  # (suite) training tokens per generated domain
     suite_val: str = "target"  # target | per_domain
     format: str = "text"  # text | sft (data.path .jsonl files are instruction records)
     sft_layout: str = "pack"  # (sft) pack: examples joined | pad: one example per row
@@ -226,15 +230,24 @@ class JobConfig:
             )
 
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: list[str] = ()) -> JobConfig:
+    def load(
+        cls,
+        path: str | Path | None = None,
+        overrides: list[str] = (),
+        base: dict[str, dict[str, Any]] | None = None,
+    ) -> JobConfig:
         """Read a TOML file (optional) and apply ``table.key=value`` overrides.
+
+        ``base``: tables the file's keys, then the overrides, replace key by key (``tandem
+        compare --mixture RUN``: that run's [data] and [model]).
 
         Raises:
             ConfigError: unreadable TOML, unknown table/key, wrong type, out-of-range value.
         """
-        tables: dict[str, dict[str, Any]] = {}
+        tables: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (base or {}).items()}
         if path is not None:
-            tables = _read_toml(Path(path))
+            for name, values in _read_toml(Path(path)).items():
+                tables.setdefault(name, {}).update(values)
         for item in overrides:
             table, key, value = parse_override(item)
             tables.setdefault(table, {})[key] = value
@@ -379,6 +392,8 @@ def _section(name: str, cls: type, values: dict[str, Any]) -> Any:
         )
     for key, value in values.items():
         want = hints[key]
+        if want is list and isinstance(value, str):
+            values[key] = value = [value]  # --set run.report_to=wandb
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             values[key] = float(value)
         elif not isinstance(value, want) or (isinstance(value, bool) and want is not bool):

@@ -35,7 +35,9 @@ from .data.formats import read_file
 from .data.sft import build_sft_corpus, load_sft_tokenizer, read_records
 from .data.streams import build_corpus
 from .data.windows import cut_rows, first_starts
+from .export import corpus_stats
 from .run_dir import RunDir
+from .trackers import Trackers, make_trackers
 
 __all__ = [
     "Interrupted",
@@ -218,6 +220,12 @@ def rank(cfg: JobConfig) -> int:
     return training_backend(cfg.run.backend).rank(cfg.backend)
 
 
+def _trackers(cfg: JobConfig, rd: RunDir, *, resume: bool) -> Trackers:
+    """metrics.jsonl's writer, then ``run.report_to``'s trackers (rank 0 only: read-only ``rd``)."""
+    names = () if rd.read_only else cfg.run.report_to
+    return make_trackers(names, rd.path, cfg.to_mapping(), then=rd.append_metrics, resume=resume)
+
+
 def _run_dir(cfg: JobConfig, *, resume: bool, overwrite: bool) -> RunDir:
     return RunDir(cfg.run.run_dir, resume=resume, overwrite=overwrite, read_only=rank(cfg) != 0)
 
@@ -323,9 +331,12 @@ def optimize(
     check_against_data(cfg, corpus, needs_val=needs_val or cfg.train.weighting != "none")
     run = build_run(cfg, corpus)
     rd = _run_dir(cfg, resume=resume, overwrite=overwrite)
-    run.callback = rd.append_metrics
+    run.callback = trackers = _trackers(cfg, rd, resume=resume)
     result = _execute(cfg, run, rd, resume=resume, echo=echo)
-    rd.write_mixture(result, backend=cfg.run.backend, extra={"known_answer": corpus.known_answer})
+    stats = corpus_stats(corpus, cfg.data)  # tokens and examples per domain (tandem export)
+    extra = {"known_answer": corpus.known_answer, "domain_stats": stats}
+    rd.write_mixture(result, backend=cfg.run.backend, extra=extra)
+    trackers.finish(rd.mixture)
     _plot(rd, result)
     return result
 
@@ -368,12 +379,13 @@ def train(
     anchors = load_anchors(cfg, corpus, anchor) if cfg.train.weighting != "none" else None
     run = build_run(cfg, corpus, transform=tc.natural(alpha), anchors=anchors)
     rd = _run_dir(cfg, resume=resume, overwrite=overwrite)
-    run.callback = rd.append_metrics
+    run.callback = trackers = _trackers(cfg, rd, resume=resume)
     result = _execute(cfg, run, rd, resume=resume, echo=echo)
     extra: dict[str, Any] = {"fixed": True}
     if result.weighting is not None:
         extra["weighting"] = {**result.weighting, "anchor": anchor_name}
     rd.write_mixture(result, backend=cfg.run.backend, extra=extra)
+    trackers.finish(rd.mixture)
     _plot(rd, result)
     return result
 

@@ -26,3 +26,12 @@ __all__ = [
     "per_sample_loss",
     "segment_sum",
 ]
+
+
+def __getattr__(name: str):
+    """``TandemTrainer`` and ``DatasetSampler`` on first use: transformers stays optional."""
+    if name in ("TandemTrainer", "DatasetSampler"):
+        from . import hf_trainer
+
+        return getattr(hf_trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

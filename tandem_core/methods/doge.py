@@ -21,7 +21,7 @@ class DoGEParams:
 
     eta_mixture: float = 1.0  # step size
     smoothing: float = 1e-3  # mix toward uniform after each step
-    missing: str = "carry"
+    missing: str = "carry"  # a domain absent from a batch: carry its last signal | zero
     update_every: int = 1  # a mixture update every N proxy steps
 
     def __post_init__(self) -> None:

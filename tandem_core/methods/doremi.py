@@ -21,7 +21,7 @@ class DoReMiParams:
 
     eta_mixture: float = 1.0  # step size (1 in DoReMi)
     smoothing: float = 1e-3  # mix toward uniform after each step (1e-3 in DoReMi)
-    missing: str = "carry"
+    missing: str = "carry"  # a domain absent from a batch: carry its last signal | zero
     update_every: int = 1  # a mixture update every N proxy steps
     reference_steps: int = 0  # the reference model's budget (0: train.steps)
 

@@ -30,13 +30,13 @@ class TandemParams:
     probe_steps: int = 5  # K
     free_steps: int = 20  # E; its meaning is set by `episode`
     episode: str = "free"  # "free": E free steps after the update; "total": E includes the K
-    gamma: float = 1.0
-    eta_alpha: float = 0.3
-    alpha_step: str = "eg"
-    normalize: str = "rms"
-    floor: float = 0.0
-    smoothing: float = 1e-3
-    missing: str = "carry"
+    gamma: float = 1.0  # the reference's objective is L_val + gamma * L_train
+    eta_alpha: float = 0.3  # mixture step size
+    alpha_step: str = "eg"  # mixture update: eg (exponentiated gradient) | pgd
+    normalize: str = "rms"  # scale of Delta before the step: rms | none
+    floor: float = 0.0  # smallest weight of any domain (M * floor < 1)
+    smoothing: float = 1e-3  # mix toward uniform after each step
+    missing: str = "carry"  # a domain absent from a batch: carry its last signal | zero
 
     def __post_init__(self) -> None:
         check_fields(

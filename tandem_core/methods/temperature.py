@@ -14,7 +14,7 @@ from ._record import EveryStep, Method, Signal, check_fields
 class TemperatureParams:
     """Temperature's key in ``[train]``."""
 
-    temperature: float = 2.0
+    temperature: float = 2.0  # t in alpha_m ∝ n_m ** (1 / t)
     update_every: int = 1  # record (count) the fixed mixture every N proxy steps
 
     def __post_init__(self) -> None:

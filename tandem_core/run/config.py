@@ -36,31 +36,31 @@ class TrainConfig:
     ADAPT's keys included); ``params`` ``None`` means the method's defaults.
     """
 
-    method: str = "tandem"
+    method: str = "tandem"  # the mixing method (the other methods are named above)
     params: Any = None  # the method's hyper-parameters (its Method.params dataclass)
     steps: int = 600  # proxy optimizer steps (the budget)
     # optimisation
-    optimizer: str = "adamw"
+    optimizer: str = "adamw"  # the proxy's optimizer: adamw | sgd
     lr: float = 3e-3  # eta_u
     lr_reference: float | None = None  # eta_w, the reference model's (None: lr)
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    momentum: float = 0.0
-    grad_clip: float | None = 1.0
+    weight_decay: float = 0.0  # decoupled weight decay of the optimizer
+    beta1: float = 0.9  # (adamw) first-moment decay
+    beta2: float = 0.999  # (adamw) second-moment decay
+    eps: float = 1e-8  # (adamw) denominator epsilon
+    momentum: float = 0.0  # (sgd) momentum
+    grad_clip: float | None = 1.0  # global gradient-norm clip (unset: no clipping)
     # batches
-    batch_per_domain: int = 16
-    val_batch_size: int = 32
-    eval_per_domain: int = 16
+    batch_per_domain: int = 16  # training rows per domain per proxy step
+    val_batch_size: int = 32  # validation rows per step of the reference objective
+    eval_per_domain: int = 16  # validation rows per domain per measurement
     sampling: str = "reweight"  # per-domain sub-batches weighted by alpha, or sample in proportion
     accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
     # running
-    log_every: int = 50
+    log_every: int = 50  # proxy steps between metrics rows (metrics.jsonl, trackers)
     eval_every: int = 0  # validation-set evaluation every N proxy steps (0: at the end only)
-    eval_max_per_domain: int = 64
+    eval_max_per_domain: int = 64  # validation windows per domain in an evaluation
     seed: int = 0  # the run's batch order (data.seed: the data itself; model.seed: its init)
-    dtype: str = "float32"
+    dtype: str = "float32"  # parameter dtype: float32 | float64
     # a non-finite gradient: skip the step exactly (parameters and optimizer state kept; torch
     # keeps a backup of them), zero the gradient only (no backup; momentum and decay still
     # apply), or skip and stop at the next logging step

@@ -28,10 +28,10 @@ class GPTConfig:
 
     vocab_size: int = 257
     seq_len: int = 64  # maximum context (positions)
-    d_model: int = 64
-    n_layer: int = 2
-    n_head: int = 4
-    mlp_ratio: int = 4
+    d_model: int = 64  # (tiny_gpt) width
+    n_layer: int = 2  # (tiny_gpt) layers
+    n_head: int = 4  # (tiny_gpt) attention heads (divides d_model)
+    mlp_ratio: int = 4  # (tiny_gpt) MLP width / d_model
     ln_eps: float = 1e-5
 
     def __post_init__(self) -> None:

@@ -33,14 +33,14 @@ class ModelSpec:
     """The proxy model: the built-in tiny GPT, a local Hugging Face config/model, or a factory."""
 
     kind: str = "tiny_gpt"  # tiny_gpt | hf | module
-    d_model: int = 64
-    n_layer: int = 2
-    n_head: int = 4
-    mlp_ratio: int = 4
+    d_model: int = 64  # (tiny_gpt) width
+    n_layer: int = 2  # (tiny_gpt) layers
+    n_head: int = 4  # (tiny_gpt) attention heads (divides d_model)
+    mlp_ratio: int = 4  # (tiny_gpt) MLP width / d_model
     hf_config: str = ""  # (hf) local config.json or folder: random init from the config
     hf_path: str = ""  # (hf) local folder with weights (from_pretrained, local files only)
     module: str = ""  # (module) "package.module:factory", called as factory(vocab_size, seq_len)
-    seed: int = 0
+    seed: int = 0  # the model's initialisation
 
     def __post_init__(self) -> None:
         check_fields(

@@ -66,8 +66,8 @@ class AdaptConfig:
     adapt_anchor_max: int = 64  # anchor windows per anchor stream
     adapt_anchor_batch: int = 32  # rows per anchor forward (the last batch is padded)
     bm25_tau: float = 1.0  # gate temperature of the standardised BM25 scores
-    bm25_k1: float = 1.5
-    bm25_b: float = 0.75
+    bm25_k1: float = 1.5  # BM25 term-frequency saturation k1
+    bm25_b: float = 0.75  # BM25 length normalisation b
     bm25_sample: int = 256  # training windows that estimate the BM25 standardisation
 
     def __post_init__(self) -> None:

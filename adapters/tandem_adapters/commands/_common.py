@@ -56,9 +56,12 @@ def launch_if_parallel(args: argparse.Namespace, cfg: JobConfig) -> int | None:
     return backend.launch(list(args.argv), cfg.backend, run_dir=cfg.run.run_dir)
 
 
-def load_job(args: argparse.Namespace, kind: str) -> JobConfig:
-    """The job's configuration; an unset run_dir becomes runs/<data>-<kind>-<time>."""
-    cfg = JobConfig.load(args.config, args.set)
+def load_job(args: argparse.Namespace, kind: str, base: dict | None = None) -> JobConfig:
+    """The job's configuration; an unset run_dir becomes runs/<data>-<kind>-<time>.
+
+    ``base``: tables that ``--config`` and ``--set`` override (``run_tables``).
+    """
+    cfg = JobConfig.load(args.config, args.set, base=base)
     if args.nproc is not None:
         cfg = cfg.replace(backend={"nproc": args.nproc})
     if args.quiet:
@@ -73,6 +76,33 @@ def load_job(args: argparse.Namespace, kind: str) -> JobConfig:
     args.run_dir = cfg.run.run_dir  # named by the CLI's one-line error for a failed write
     check_run_dir(cfg.run.run_dir)  # a file, under a file, not writable: before any work
     return cfg
+
+
+# what `--mixture RUN` reuses of that run's config.toml: its data, model and backend
+REUSED = "[data], [model] and run.backend"
+
+
+def run_tables(mixture: str | None) -> dict | None:
+    """The [data] and [model] tables and run.backend of the run that wrote ``mixture``.
+
+    ``mixture``: a mixture.json or its run directory; ``None`` when it has no config.toml beside.
+    """
+    from pathlib import Path
+
+    import tomllib
+
+    if mixture is None:
+        return None
+    folder = Path(mixture) if Path(mixture).is_dir() else Path(mixture).parent
+    try:
+        tables = tomllib.loads((folder / "config.toml").read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None  # a bare mixture.json: the user gives the data
+    out = {k: dict(tables[k]) for k in ("data", "model") if isinstance(tables.get(k), dict)}
+    backend = tables.get("run", {}).get("backend") if isinstance(tables.get("run"), dict) else None
+    if backend is not None:
+        out["run"] = {"backend": backend}
+    return out
 
 
 def _run_table(path: str) -> dict:

@@ -6,13 +6,26 @@ import argparse
 import math
 import sys
 
-from ._common import add_job_options, launch_if_parallel, load_job, read_mixture_option
+from ._common import (
+    REUSED,
+    add_job_options,
+    launch_if_parallel,
+    load_job,
+    read_mixture_option,
+    run_tables,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the subcommand."""
     p = sub.add_parser("compare", help="train with the learned and the uniform mixture, compare")
-    p.add_argument("--mixture", "-m", required=True, help="mixture.json or its run directory")
+    p.add_argument(
+        "--mixture",
+        "-m",
+        required=True,
+        help=f"mixture.json or its run directory; its run's config.toml gives the defaults of "
+        f"{REUSED} (--config and --set still override them)",
+    )
     p.add_argument("--which", choices=("average", "last"), default="average")
     add_job_options(p)
     p.set_defaults(run=run)
@@ -23,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from ..jobs import compare
 
     weights = read_mixture_option(args.mixture, args.which)
-    cfg = load_job(args, "compare")
+    cfg = load_job(args, "compare", base=run_tables(args.mixture))
     launched = launch_if_parallel(args, cfg)
     if launched is not None:
         return launched

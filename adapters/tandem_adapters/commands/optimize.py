@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="learn a mixture (default: TANDEM on the built-in planted suite)",
         description="Learn per-domain mixture weights. With no arguments: TANDEM on the built-in "
         "synthetic suite, on CPU, printing the learned mixture next to the known answer.",
+        epilog="Every key of the tables, its default and a line of help: tandem config "
+        "[-c FILE] [--set ...] (e.g. --set train.method=doge for that method's keys).",
     )
     add_job_options(p)
     p.add_argument(

@@ -12,18 +12,25 @@ import argparse
 import json
 
 from ._common import (
+    REUSED,
     add_job_options,
     launch_if_parallel,
     load_job,
     read_mixture_option,
     report_problems,
+    run_tables,
 )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the subcommand."""
     p = sub.add_parser("train", help="train with a fixed mixture and report validation loss")
-    p.add_argument("--mixture", "-m", help="mixture.json or its run directory (default: uniform)")
+    p.add_argument(
+        "--mixture",
+        "-m",
+        help="mixture.json or its run directory (default: uniform); its run's config.toml gives "
+        f"the defaults of {REUSED} (--config and --set still override them)",
+    )
     p.add_argument("--which", choices=("average", "last"), default="average")
     p.add_argument(
         "--weighting",
@@ -55,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.weighting:
         sets.insert(0, f"train.weighting={json.dumps(args.weighting)}")
     args.set = sets
-    cfg = load_job(args, "train")
+    cfg = load_job(args, "train", base=run_tables(args.mixture))
     if cfg.train.adapt.adapt_anchor and cfg.train.weighting == "none":
         raise ConfigError("--anchor (train.adapt_anchor) needs --weighting adapt or bm25")
     launched = launch_if_parallel(args, cfg)
