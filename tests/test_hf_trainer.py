@@ -335,3 +335,23 @@ def test_two_gloo_ranks_learn_the_mixture_of_one_process(tmp_path):
     single.train()
     np.testing.assert_allclose(ranks[0], _trajectory(single), atol=1e-5)
     assert not np.allclose(ranks[0], 1 / ranks[0].shape[1])
+
+
+def test_bf16_mixed_precision_runs_both_twins_under_autocast(tmp_path, monkeypatch):
+    seen = []
+    original = torch.nn.Linear.forward
+
+    def recording(self, x):  # the dtype the matmuls run in, under the Trainer's autocast
+        out = original(self, x)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", recording)
+    trainer = _trainer(tmp_path, 30, bf16=True)
+    trainer.train()
+    assert torch.bfloat16 in seen  # the twins' forwards ran in bfloat16
+    full = _trainer(tmp_path / "fp32", 30)
+    full.train()
+    low, high = _trajectory(trainer), _trajectory(full)
+    assert np.isfinite(low).all() and abs(low.sum(axis=1) - 1).max() < 1e-5
+    assert np.abs(low - high).max() < 0.05  # bf16 rounding moves the mixture a little
