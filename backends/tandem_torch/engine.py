@@ -21,7 +21,7 @@ from tandem_core.methods import Signal
 from tandem_core.run import TrainConfig
 
 from . import checkpoint, signals, weighted
-from .batches import as_tensor, domain_stats
+from .batches import as_tensor
 from .distributed import world_and_rank
 from .models import eval_mode, logits_and_hidden, per_sample_loss
 from .options import TorchOptions
@@ -148,15 +148,8 @@ class TorchEngine:
     def _aligned_step(
         self, train: dict, val: dict | None, state: tc.MixtureState, update: Callable | None
     ) -> tuple[tc.MixtureState, tc.DomainStats]:
-        """Alignment ``W_m = <g_m, g_val>``, mixture update, u step on ``sum_m alpha_m g_m``."""
-        scores, grads, losses, n, tb = signals.alignment(self.twins, train, val)
-        if update is not None:
-            state = update(state, scores)
-        alpha = state.alpha.to(self.twins.dtype)
-        self.twins.apply_gradients(
-            {k: torch.einsum("m,m...->...", alpha, g) for k, g in grads.items()}
-        )
-        return state, domain_stats(losses, n, tb["domain"], self.m)
+        """Alignment, mixture update, u step on ``sum_m alpha_m g_m`` (``signals.aligned_step``)."""
+        return signals.aligned_step(self.twins, train, val, state, update)
 
     # ------------------------------------------------------------------ evaluation
     def apply(self, fn: Callable[..., Any], *args: Any) -> Any:

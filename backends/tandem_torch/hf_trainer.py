@@ -29,7 +29,6 @@ from tandem_core.data import Batch
 from tandem_core.methods import Episodes, EveryStep, Method, Plan, Signal, get_method
 
 from . import checkpoint, signals
-from .batches import domain_stats
 from .build import refuse_dropout_under_vmap
 from .hf import is_hf_model, prepare_for_training
 from .hf_data import DatasetSampler
@@ -372,12 +371,7 @@ def measured_step(
         The new mixture state and the step's per-domain train ``DomainStats`` ``(M,)``.
     """
     if signal is Signal.ALIGNMENT:
-        scores, grads, losses, n, tb = signals.alignment(twins, train, val)
-        if update is not None:
-            state = update(state, scores)
-        alpha = state.alpha.to(twins.dtype)
-        twins.apply_gradients({k: torch.einsum("m,m...->...", alpha, g) for k, g in grads.items()})
-        return state, domain_stats(losses, n, tb["domain"], twins.m)
+        return signals.aligned_step(twins, train, val, state, update)
     split = twins.split(train)
     if update is not None:
         state = update(state, signals.measure(signal, twins, split)[0])

@@ -102,3 +102,22 @@ def alignment(twins: Twins, train: dict, val: dict | None) -> tuple:
     grads, val_grad, losses, n = alignment_gradients(twins.proxy, tb, vb, twins.m, twins.v)
     scores = sum(g.flatten(1) @ val_grad[k].flatten() for k, g in grads.items())
     return scores, grads, losses, n, tb
+
+
+def aligned_step(
+    twins: Twins, train: dict, val: dict | None, state: tc.MixtureState, update: Any
+) -> tuple[tc.MixtureState, tc.DomainStats]:
+    """DoGE's step: alignment ``W_m = <g_m, g_val>``, the mixture update, u on ``sum alpha_m g_m``.
+
+    The per-domain gradients ``(M, ...)`` that measure the alignment also make the step (never a
+    stale mixture). ``update``: ``f(state, scores) -> state``, or ``None`` (no update this step).
+
+    Returns:
+        The new mixture state and the step's per-domain train ``DomainStats`` ``(M,)``.
+    """
+    scores, grads, losses, n, tb = alignment(twins, train, val)
+    if update is not None:
+        state = update(state, scores)
+    alpha = state.alpha.to(twins.dtype)
+    twins.apply_gradients({k: torch.einsum("m,m...->...", alpha, g) for k, g in grads.items()})
+    return state, domain_stats(losses, n, tb["domain"], twins.m)
