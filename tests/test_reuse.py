@@ -61,3 +61,14 @@ def test_set_overrides_the_runs_data(tmp_path, capsys):
         == 2
     )
     assert "domains do not match" in capsys.readouterr().err
+
+
+def test_a_validation_option_replaces_the_runs_other_one(tmp_path, capsys):
+    run = _optimize(tmp_path)  # data.val_fraction=0.2
+    target = tmp_path / "target.txt"
+    target.write_text("".join(f"code alpha beta {i % 7}\n" for i in range(100)))
+    out = tmp_path / "train"
+    args = _cmp_args(out, f'data.target_path="{target}"')
+    assert main(["train", "--mixture", str(run), *args]) == 0  # not "exclusive" options
+    config = (out / "config.toml").read_text()
+    assert str(target) in config and "val_fraction = 0.2" not in config

@@ -624,7 +624,8 @@ def test_adapt_anchor_of_instruction_records_is_read_as_sft(tmp_path, capsys):
 
     _sft_folder(tmp_path)
     target = tmp_path / "target.jsonl"
-    cfg = JobConfig().replace(data={"format": "sft", "seq_len": 48, "path": str(tmp_path)})
+    data = {"format": "sft", "seq_len": 48, "path": str(tmp_path)}
+    cfg = JobConfig.from_mapping({"run": {"backend": a_backend()}, "data": data})
     (stream,) = jobs._read_streams(cfg, target)
     assert not np.asarray(stream.loss_mask[: stream.shape[0]]).all()  # prompts: no loss
     data = [f'data.path="{tmp_path / "tasks"}"', "data.val_fraction=0.2"]

@@ -49,12 +49,13 @@ def test_flatten_makes_per_domain_keys():
 
 
 def test_report_to_is_checked_naming_the_key(monkeypatch):
+    backend = f"run.backend={a_backend()}"
     with pytest.raises(ConfigError, match=r"run\.report_to.*'mlflow'"):
-        JobConfig.load(overrides=["run.report_to=mlflow"])
+        JobConfig.load(overrides=[backend, "run.report_to=mlflow"])
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(ConfigError, match=r"run\.report_to='wandb'.*tandem-mixture\[wandb\]"):
-        JobConfig.load(overrides=["run.report_to=wandb"])
-    assert JobConfig().run.report_to == []
+        JobConfig.load(overrides=[backend, "run.report_to=wandb"])
+    assert JobConfig.load(overrides=[backend]).run.report_to == []
 
 
 @needs_tensorboard

@@ -202,6 +202,22 @@ class TaskPGMConfig:
             raise ConfigError("taskpgm.sigma applies only to taskpgm.affinity='exp'")
 
 
+# keys of which one is given at most: a user's choice of one replaces a base run's other
+EXCLUSIVE = (
+    ("data", ("val_path", "val_fraction", "target_path")),
+    ("data", ("path", "hf_dataset")),
+)
+
+
+def _drop_replaced_choices(tables: dict, given: set[tuple[str, str]]) -> None:
+    """Where the user set one of ``EXCLUSIVE``'s keys, drop the others that came from a base."""
+    for table, keys in EXCLUSIVE:
+        chosen = {k for k in keys if (table, k) in given}
+        if chosen:
+            for key in set(keys) - chosen:
+                tables.get(table, {}).pop(key, None)
+
+
 @dataclass(frozen=True)
 class JobConfig:
     """A whole job: the tables. ``backend`` is the run backend's ``Options`` (default: its own)."""
@@ -245,12 +261,16 @@ class JobConfig:
             ConfigError: unreadable TOML, unknown table/key, wrong type, out-of-range value.
         """
         tables: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (base or {}).items()}
+        given: set[tuple[str, str]] = set()  # (table, key) the file or the overrides set
         if path is not None:
             for name, values in _read_toml(Path(path)).items():
                 tables.setdefault(name, {}).update(values)
+                given |= {(name, key) for key in values}
         for item in overrides:
             table, key, value = parse_override(item)
             tables.setdefault(table, {})[key] = value
+            given.add((table, key))
+        _drop_replaced_choices(tables, given)
         return cls.from_mapping(tables)
 
     @classmethod

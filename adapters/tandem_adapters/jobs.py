@@ -278,12 +278,15 @@ def _execute(
     """Resume (same config and data only) or start, run, checkpoint; a failed run frees ``rd``."""
     from .fingerprint import check_resume, plain
 
+    # backend.checkpoint="sharded" (torch): every rank writes its shards under checkpoint.dcp
+    sharded = getattr(run.engine, "checkpoint_format", "npz") == "sharded"
+    where = rd.shards if sharded else rd.checkpoint
     try:
         fingerprint = _fingerprint(cfg, run)
         if resume:
-            state, meta = rd.load_checkpoint()
+            state, meta = rd.load_sharded(run.engine) if sharded else rd.load_checkpoint()
             defaults = plain(_resume_mapping(JobConfig()))
-            check_resume(meta, fingerprint, rd.checkpoint, echo, defaults=defaults)
+            check_resume(meta, fingerprint, where, echo, defaults=defaults)
             run.load_state_dict(state)
             rd.rewrite_metrics(run.metrics)
             echo(f"resuming {rd.path} at proxy step {run.proxy_step}")
@@ -291,7 +294,11 @@ def _execute(
             rd.write_config(cfg.to_mapping())
 
         def save(r: MixtureRun) -> None:
-            rd.save_checkpoint(r.state_dict(), metadata={**fingerprint, "step": r.proxy_step})
+            meta = {**fingerprint, "step": r.proxy_step}
+            if sharded:
+                rd.save_sharded(r.engine, r.state_dict(), step=r.proxy_step, metadata=meta)
+            else:
+                rd.save_checkpoint(r.state_dict(), metadata=meta)
 
         with _stop_on_signals(run) as flag:
             result = run.run(
@@ -301,7 +308,7 @@ def _execute(
             if flag["stop"] is not None and not run.done:
                 raise Interrupted(
                     f"stopped by signal {flag['stop']} at proxy step {run.proxy_step}; "
-                    f"checkpoint saved in {rd.checkpoint}: continue with --resume"
+                    f"checkpoint saved in {where}: continue with --resume"
                 )
     except BaseException:
         rd.close()  # the run is over: free the directory now, not when the traceback goes

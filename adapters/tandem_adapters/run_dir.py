@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import weakref
 from importlib import metadata
 from pathlib import Path
@@ -90,7 +91,7 @@ class RunDir:
         self.path = Path(path)
         self.read_only = read_only  # data-parallel ranks other than 0: read, never write
         self._release: Any = None
-        if resume and not self.checkpoint.exists() and (read_only or not self.path.is_dir()):
+        if resume and not self.has_checkpoint() and (read_only or not self.path.is_dir()):
             raise FileNotFoundError(f"--resume: no checkpoint at {self.checkpoint}")
         if read_only:
             return
@@ -109,12 +110,13 @@ class RunDir:
             for tmp in temp_files(self.path / name):
                 tmp.unlink(missing_ok=True)
         found = [name for name in OUTPUTS if (self.path / name).exists()]
-        has_checkpoint = self.checkpoint.exists()
+        has_checkpoint = self.has_checkpoint()
         if resume and not has_checkpoint:
             why = "; it stopped before its first one: pass --overwrite to start it again"
             raise FileNotFoundError(
                 f"--resume: no checkpoint at {self.checkpoint}{why if found else ''}"
             )
+        found += ["checkpoint.dcp"] if self.shards.is_dir() else []
         if found and not resume and not overwrite:
             hint = (
                 "pass --resume to continue it or --overwrite to replace it"
@@ -125,6 +127,7 @@ class RunDir:
         if overwrite and not resume:
             for name in OUTPUTS:
                 (self.path / name).unlink(missing_ok=True)
+            shutil.rmtree(self.shards, ignore_errors=True)
         if resume:
             self._repair_metrics()
 
@@ -144,6 +147,12 @@ class RunDir:
     metrics = property(lambda self: self.path / "metrics.jsonl")
     plot = property(lambda self: self.path / "mixture.png")
     checkpoint = property(lambda self: self.path / "checkpoint.npz")
+    shards = property(lambda self: self.path / "checkpoint.dcp")  # backend.checkpoint="sharded"
+
+    def has_checkpoint(self) -> bool:
+        """checkpoint.npz, or a complete step folder under checkpoint.dcp."""
+        steps = [p for p in self.shards.glob("step-*") if p.name[5:].isdigit()]  # no step-N.tmp
+        return self.checkpoint.exists() or any((p / "COMPLETE").is_file() for p in steps)
 
     def write_config(self, mapping: dict) -> None:
         """The resolved configuration as TOML (``None`` values left out)."""
@@ -202,6 +211,14 @@ class RunDir:
     def load_checkpoint(self) -> tuple[dict, dict]:
         """``(state, metadata)``; a truncated or corrupted file raises ``CorruptStateError``."""
         return tc.load_state(self.checkpoint), tc.read_metadata(self.checkpoint)
+
+    def save_sharded(self, engine: Any, state: dict, *, step: int, metadata: dict) -> Path:
+        """A sharded checkpoint under checkpoint.dcp: EVERY rank calls it (read-only ones too)."""
+        return engine.save_sharded(self.shards, state, step=step, metadata=metadata)
+
+    def load_sharded(self, engine: Any) -> tuple[dict, dict]:
+        """``(host state, metadata)`` of the newest complete sharded checkpoint (every rank)."""
+        return engine.load_sharded(self.shards)
 
     def write_mixture(self, result: RunResult, *, backend: str, extra: dict | None = None) -> Path:
         """mixture.json: average (the default output), last, trajectory, names, method, versions."""

@@ -51,12 +51,14 @@ class JaxBackend:
         """Deterministic GPU kernels; the multi-host runtime once when ``options.distributed``."""
         if options.deterministic:
             deterministic_kernels()
-        if options.distributed and not jax.distributed.is_initialized():
-            jax.distributed.initialize()
+        join_cluster(options)
 
     def rank(self, options: JaxOptions) -> int:
         """``jax.process_index()`` in a multi-host run, else 0."""
-        return jax.process_index() if options.distributed else 0
+        if not options.distributed:
+            return 0
+        join_cluster(options)  # a job asks its rank before setup: process_index would start JAX
+        return jax.process_index()
 
     def launch(self, argv: list[str], options: JaxOptions, *, run_dir: str = "") -> None:
         """``None``: JAX runs one process per host, started by the user or the cluster."""
@@ -106,14 +108,16 @@ class JaxBackend:
         num_val_domains: int,
         options: JaxOptions,
     ) -> JaxEngine:
-        """A ``JaxEngine`` over the first ``options.devices`` devices (one device if <= 1).
+        """A ``JaxEngine`` over this process's first ``options.devices`` devices (one if <= 1).
 
         Raises:
             ConfigError: more devices asked than JAX sees, or ``dtype="float64"`` without x64.
         """
         devices = None
         if options.devices > 1:
-            found = jax.devices()
+            # this process's own devices: the engine puts host arrays on its mesh, which cannot
+            # span hosts; every process then computes the whole batch (the same mixture)
+            found = jax.local_devices()
             if options.devices > len(found):
                 raise ConfigError(
                     f"backend.devices={options.devices} but JAX sees {len(found)} device(s)"
@@ -153,6 +157,12 @@ class JaxBackend:
             "optax": optax.__version__,
             "accelerator": ", ".join(kinds),
         }
+
+
+def join_cluster(options: JaxOptions) -> None:
+    """``jax.distributed.initialize`` once when ``options.distributed``, before JAX starts."""
+    if options.distributed and not jax.distributed.is_initialized():
+        jax.distributed.initialize(**options.cluster())
 
 
 def deterministic_kernels() -> None:

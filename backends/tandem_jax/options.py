@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
+from tandem_core import ConfigError
 from tandem_core.methods import check_fields
 
 __all__ = ["JaxOptions"]
@@ -15,6 +18,12 @@ class JaxOptions:
 
     devices: int = 0  # devices of the "data" mesh axis (0 or 1: one device, no sharding)
     distributed: bool = False  # jax.distributed.initialize() (one process per host)
+    # the multi-host job, when JAX cannot detect it (SLURM, Open MPI, TPU pods and GKE it can):
+    # "host:port" of process 0 (else $JAX_COORDINATOR_ADDRESS), the number of processes and
+    # this one's index (else $JAX_NUM_PROCESSES, $JAX_PROCESS_ID); empty or -1: JAX detects
+    coordinator: str = ""
+    num_processes: int = -1
+    process_id: int = -1
     fuse_twins: bool = False  # both twins' forwards as one vmapped forward
     # deterministic XLA kernels on GPU (--xla_gpu_deterministic_ops, set before JAX starts its
     # backends); CPU runs are deterministic already
@@ -22,3 +31,25 @@ class JaxOptions:
 
     def __post_init__(self) -> None:
         check_fields(self, nonnegative=("devices",), prefix="backend.")
+
+    def cluster(self) -> dict[str, Any]:
+        """``jax.distributed.initialize`` keywords: the fields, else the environment, else none."""
+        env = os.environ
+        found = {
+            "coordinator_address": self.coordinator or env.get("JAX_COORDINATOR_ADDRESS", ""),
+            "num_processes": _index(self.num_processes, "JAX_NUM_PROCESSES"),
+            "process_id": _index(self.process_id, "JAX_PROCESS_ID"),
+        }
+        return {k: v for k, v in found.items() if v not in ("", -1)}
+
+
+def _index(value: int, name: str) -> int:
+    """``value`` unless -1, else the integer in ``$name``, else -1 (JAX detects it)."""
+    if value != -1:
+        return value
+    text = os.environ.get(name, "")
+    if not text.strip().isdigit():
+        if text:
+            raise ConfigError(f"${name}={text!r} is not a non-negative integer")
+        return -1
+    return int(text)

@@ -14,7 +14,7 @@ from .distributed import full, shard_like
 from .optim import optimizer_from_tree, optimizer_to_tree
 from .twins import Twins
 
-__all__ = ["load_state_dict", "state_dict"]
+__all__ = ["host_state_dict", "load_state_dict", "state_dict"]
 
 
 def state_dict(twins: Twins) -> dict:
@@ -30,8 +30,17 @@ def state_dict(twins: Twins) -> dict:
     }
 
 
+def host_state_dict(twins: Twins) -> dict:
+    """The counters and torch's RNG state only (sharded checkpoints hold the rest)."""
+    return {"counters": twins.stepper.state_dict(), "torch_rng": torch.get_rng_state()}
+
+
 def load_state_dict(twins: Twins, state: dict) -> None:
-    """Restore ``state_dict`` into ``twins`` (arrays may be numpy)."""
+    """Restore ``state_dict`` (or ``host_state_dict``) into ``twins`` (arrays may be numpy)."""
+    if "proxy" not in state:  # host part of a sharded checkpoint: the shards load apart
+        twins.stepper.load_state_dict(state["counters"])
+        torch.set_rng_state(as_tensor(state["torch_rng"]).to(torch.uint8))
+        return
     twins.reshard()
     for module, key in ((twins.proxy, "proxy"), (twins.reference, "reference")):
         current = module.state_dict()

@@ -8,6 +8,7 @@ mixture: never a stale one.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ import tandem_core as tc
 from tandem_core.methods import Signal
 from tandem_core.run import TrainConfig
 
-from . import checkpoint, signals, weighted
+from . import checkpoint, sharded, signals, weighted
 from .batches import as_tensor
 from .distributed import world_and_rank
 from .models import eval_mode, logits_and_hidden, per_sample_loss
@@ -62,6 +63,7 @@ class TorchEngine:
                 "one process (no DDP): set backend.nproc=1"
             )
         self.config = config
+        self.checkpoint_format = options.checkpoint  # "npz" | "sharded"
         self.vocab_size = _vocab_size(model)
         self.xp = xp_torch
         self.twins = Twins.from_config(
@@ -183,12 +185,28 @@ class TorchEngine:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        """Both models, both optimizer states, the counters and torch's RNG state."""
+        """Both models, both optimizer states, the counters and torch's RNG state.
+
+        With ``backend.checkpoint = "sharded"`` only the counters and the RNG state: the models
+        and optimizers go to ``save_sharded``'s shards.
+        """
+        if self.checkpoint_format == "sharded":
+            return checkpoint.host_state_dict(self.twins)
         return checkpoint.state_dict(self.twins)
 
     def load_state_dict(self, state: dict) -> None:
         """Restore ``state_dict`` (arrays may be numpy)."""
         checkpoint.load_state_dict(self.twins, state)
+
+    def save_sharded(
+        self, root: str | os.PathLike, host_state: dict, *, step: int, metadata: dict | None = None
+    ) -> Any:
+        """``root/step-{step}``: each rank's shards plus rank 0's ``host_state`` (every rank)."""
+        return sharded.save(root, step, host_state, self.twins, metadata=metadata)
+
+    def load_sharded(self, root: str | os.PathLike) -> tuple[dict, dict]:
+        """Shards of the newest complete checkpoint into the twins; ``(host_state, metadata)``."""
+        return sharded.load(root, self.twins)
 
 
 def _vocab_size(model: nn.Module) -> int | None:

@@ -11,6 +11,7 @@ from tandem_core.methods import check_fields
 __all__ = ["TorchOptions"]
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
+CHECKPOINT_FORMATS = ("npz", "sharded")
 
 
 def _max_threads() -> int:
@@ -31,6 +32,9 @@ class TorchOptions:
     # deterministic kernels: the same seed, config and thread count give a bit-identical run
     # (multi-threaded CPU and CUDA scatter/index-add kernels otherwise add in varying order)
     deterministic: bool = True
+    # "npz": one file of whole tensors by rank 0; "sharded": each rank writes its own shards
+    # (torch.distributed.checkpoint, no full gather; see sharded.py)
+    checkpoint: str = "npz"
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("nproc",), nonnegative=("threads",), prefix="backend.")
@@ -38,6 +42,10 @@ class TorchOptions:
             raise ConfigError(
                 f"backend.threads={self.threads} is more than {_max_threads()} (4 x the "
                 f"{os.cpu_count()} CPUs here, at most 1024); 0 leaves torch's default"
+            )
+        if self.checkpoint not in CHECKPOINT_FORMATS:
+            raise ConfigError(
+                f"backend.checkpoint={self.checkpoint!r} is not one of {CHECKPOINT_FORMATS}"
             )
         if self.fsdp and self.compile:
             raise ConfigError("backend.compile is not supported with backend.fsdp")

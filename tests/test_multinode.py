@@ -1,0 +1,189 @@
+"""Beyond one machine, simulated on 127.0.0.1: two torchrun "nodes" and two JAX processes.
+
+torch: each node is ``torchrun --nnodes 2`` with a c10d rendezvous, one rank each, running
+``-m tandem_adapters.cli optimize`` on one shared run directory (rank 0 writes it). JAX: two
+processes joined by ``jax.distributed`` (``backend.distributed`` with the coordinator keys), each
+with two CPU devices.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from utils import set_args, small_job, wait_for_rows
+
+pytestmark = [pytest.mark.dist, pytest.mark.slow]
+TORCH_JOB = small_job(
+    'run.backend="torch"', 'train.dtype="float64"', "backend.threads=1", "train.log_every=2"
+)
+JAX_JOB = small_job(
+    'run.backend="jax"', 'train.dtype="float64"', "train.log_every=2", "train.steps=24"
+)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+JAX_ENV = {**ENV, "JAX_PLATFORMS": "cpu", "JAX_ENABLE_X64": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(run_dir: Path, *items: str) -> list[str]:
+    """``-m tandem_adapters.cli optimize`` arguments of the tiny job on ``run_dir``."""
+    sets = set_args(*TORCH_JOB, f"run.run_dir={json.dumps(str(run_dir))}", *items)
+    return ["-m", "tandem_adapters.cli", "optimize", *sets, "-q"]
+
+
+def _nodes(run_dir: Path, *items: str, extra: tuple = ()) -> list[subprocess.Popen]:
+    """Two torchrun agents ("nodes") of one job, joined by a c10d rendezvous on 127.0.0.1."""
+    port = _free_port()
+    rdzv = [
+        "--nnodes=2",
+        "--nproc-per-node=1",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{port}",
+        f"--rdzv-id=tandem-{port}",
+        "--local-addr=127.0.0.1",  # the nodes reach rank 0's store by this address
+    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *rdzv, *_cli(run_dir, *items), *extra]
+    return [
+        subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+
+
+def _finish(procs: list[subprocess.Popen]) -> list[str]:
+    """Wait for every process; each must exit 0. Returns their stderr."""
+    errs = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        errs.append(err)
+    return errs
+
+
+def _single(run_dir: Path, *items: str, extra: tuple = ()) -> None:
+    proc = subprocess.run(
+        [sys.executable, *_cli(run_dir, *items), *extra],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _mixture(run_dir: Path) -> dict:
+    return json.loads((run_dir / "mixture.json").read_text())
+
+
+def _rank_of_node(node: subprocess.Popen) -> int:
+    """The ``RANK`` of the worker that the torchrun agent ``node`` started (Linux /proc)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != node.pid:
+                continue
+            env = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not ours
+        for item in env:
+            if item.startswith(b"RANK="):
+                return int(item[5:])
+    raise AssertionError(f"no worker below torchrun {node.pid}")
+
+
+def _kill_all(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks in /proc")
+def test_torch_two_nodes_equal_one_process_and_resume_after_sigterm(tmp_path):
+    pytest.importorskip("torch")
+    whole, one, cut = tmp_path / "whole", tmp_path / "one", tmp_path / "cut"
+    steps = "train.steps=40"
+    nodes = _nodes(whole, steps)
+    try:
+        _finish(nodes)
+    finally:
+        _kill_all(nodes)
+    _single(one, steps)
+    np.testing.assert_allclose(  # float64: the ranks' reductions only reorder sums
+        _mixture(whole)["trajectory"], _mixture(one)["trajectory"], rtol=1e-6
+    )
+    # a scheduler stops the node that holds rank 0: it saves, the other node's rank fails
+    nodes = _nodes(cut, steps)
+    try:
+        wait_for_rows(cut / "metrics.jsonl", 3, nodes[0])
+        first = next(n for n in nodes if _rank_of_node(n) == 0)
+        first.send_signal(signal.SIGTERM)
+        for node in nodes:
+            node.communicate(timeout=120)
+    finally:
+        _kill_all(nodes)
+    assert first.returncode != 0 and (cut / "checkpoint.npz").exists()
+    assert not (cut / "mixture.json").exists()  # stopped before the end
+    # --resume on two nodes again finishes the same run
+    nodes = _nodes(cut, steps, extra=("--resume",))
+    try:
+        _finish(nodes)
+    finally:
+        _kill_all(nodes)
+    a, b = _mixture(whole), _mixture(cut)
+    assert a["trajectory"] == b["trajectory"] and a["average"] == b["average"]
+
+
+def _jax_env(port: int, process_id: int) -> dict:
+    """Process ``process_id`` of 2 on 127.0.0.1, with two CPU devices of its own."""
+    return {
+        **JAX_ENV,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+        "JAX_NUM_PROCESSES": "2",
+        "JAX_PROCESS_ID": str(process_id),
+    }
+
+
+def _jax_cli(run_dir: Path, *items: str) -> list[str]:
+    sets = set_args(*JAX_JOB, f"run.run_dir={json.dumps(str(run_dir))}", *items)
+    return [sys.executable, "-m", "tandem_adapters.cli", "optimize", *sets, "-q"]
+
+
+@pytest.fixture
+def jax_cache(request, monkeypatch):
+    """The subprocesses share the session's JAX compilation cache (compile once, not 3 times)."""
+    cache = str(request.config.cache.mkdir("jax-compilation"))
+    monkeypatch.setitem(JAX_ENV, "JAX_COMPILATION_CACHE_DIR", cache)
+    monkeypatch.setitem(JAX_ENV, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    monkeypatch.setitem(JAX_ENV, "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+@pytest.mark.usefixtures("jax_cache")
+def test_jax_two_processes_equal_one_process(tmp_path):
+    """Each process runs the whole batch on its own two devices: no cross-host sharding yet."""
+    pytest.importorskip("jax")
+    two, one = tmp_path / "two", tmp_path / "one"
+    port = _free_port()
+    cmd = _jax_cli(two, "backend.distributed=true", "backend.devices=2")
+    procs = [
+        subprocess.Popen(
+            cmd, env=_jax_env(port, i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for i in range(2)
+    ]
+    try:
+        _finish(procs)
+    finally:
+        _kill_all(procs)
+    solo = subprocess.run(_jax_cli(one), env=JAX_ENV, capture_output=True, text=True, timeout=300)
+    assert solo.returncode == 0, solo.stderr[-3000:]
+    np.testing.assert_allclose(_mixture(two)["trajectory"], _mixture(one)["trajectory"], rtol=1e-6)
