@@ -285,7 +285,9 @@ def _execute(
         fingerprint = _fingerprint(cfg, run)
         if resume:
             state, meta = rd.load_sharded(run.engine) if sharded else rd.load_checkpoint()
-            defaults = plain(_resume_mapping(JobConfig()))
+            # the defaults of this backend (another backend's Options may not be installed)
+            default = JobConfig.from_mapping({"run": {"backend": cfg.run.backend}})
+            defaults = plain(_resume_mapping(default))
             check_resume(meta, fingerprint, where, echo, defaults=defaults)
             run.load_state_dict(state)
             rd.rewrite_metrics(run.metrics)

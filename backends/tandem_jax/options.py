@@ -18,12 +18,11 @@ class JaxOptions:
 
     devices: int = 0  # devices of the "data" mesh axis (0 or 1: one device, no sharding)
     distributed: bool = False  # jax.distributed.initialize() (one process per host)
-    # the multi-host job, when JAX cannot detect it (SLURM, Open MPI, TPU pods and GKE it can):
-    # "host:port" of process 0 (else $JAX_COORDINATOR_ADDRESS), the number of processes and
-    # this one's index (else $JAX_NUM_PROCESSES, $JAX_PROCESS_ID); empty or -1: JAX detects
-    coordinator: str = ""
-    num_processes: int = -1
-    process_id: int = -1
+    # the multi-host job, when JAX cannot detect it (SLURM, Open MPI, TPU pods and GKE it can);
+    # empty or -1: the environment variable, else JAX detects it
+    coordinator: str = ""  # "host:port" of process 0 (else $JAX_COORDINATOR_ADDRESS)
+    num_processes: int = -1  # processes in the job (else $JAX_NUM_PROCESSES)
+    process_id: int = -1  # this process's index (else $JAX_PROCESS_ID)
     fuse_twins: bool = False  # both twins' forwards as one vmapped forward
     # deterministic XLA kernels on GPU (--xla_gpu_deterministic_ops, set before JAX starts its
     # backends); CPU runs are deterministic already

@@ -38,7 +38,7 @@ def render(cfg) -> str:
     from ..config import JobConfig
     from ..config_help import field_help
 
-    defaults = JobConfig().to_mapping()
+    defaults = JobConfig.from_mapping({"run": {"backend": cfg.run.backend}}).to_mapping()
     defaults["train"] = TrainConfig.from_mapping({"method": cfg.train.method}).to_mapping()
     defaults["backend"] = dataclasses.asdict(type(cfg.backend)())
     values = cfg.to_mapping()
