@@ -54,31 +54,35 @@ class Interrupted(RuntimeError):
     """The job stopped on SIGTERM / SIGINT after saving a checkpoint (resume with --resume)."""
 
 
+def _tokenizer(data: DataConfig) -> Any:
+    """``data.tokenizer`` loaded (None: the byte default); for SFT with its chat template."""
+    if not data.tokenizer:
+        return None
+    # a Hugging Face tokenizer folder may carry a chat template, which SFT records use
+    return (load_sft_tokenizer if data.format == "sft" else load_tokenizer)(data.tokenizer)
+
+
 def load_corpus(data: DataConfig, *, progress: bool = True) -> DomainCorpus:
     """The training / validation domains the [data] table describes.
 
     ``progress``: a bar while text is tokenized into ``data.cache_dir`` (terminals only).
     """
-    tokenizer = load_tokenizer(data.tokenizer or None) if data.tokenizer else None
-    if data.format == "sft" and data.tokenizer:  # a tokenizer folder may carry a chat template
-        tokenizer = load_sft_tokenizer(data.tokenizer)
+    tokenizer = _tokenizer(data)
     if data.path:
         return load_folder(
             data.path,
             tokenizer=tokenizer,
-            text_field=data.text_field,
             val_path=data.val_path or None,
             val_fraction=data.val_fraction,
             target_path=data.target_path or None,
             seed=data.seed,
-            bin_dtype=data.bin_dtype,
-            raw_dtype=data.raw_dtype,
             windows=data.windows,
             format=data.format,
             sft_layout=data.sft_layout,
             seq_len=data.seq_len,
             cache_dir=data.cache_dir,
             progress=progress,
+            **data.file_options(),
         )
     if data.hf_dataset and data.hf_streaming:  # never tokenized whole: a buffer per domain
         from .data.hf import stream_hf_dataset
@@ -160,8 +164,8 @@ def read_path(
     with ``data.format = "sft"`` (prompts carry no loss). ``vocab_size``: the bound the ids
     must respect (default: the tokenizer's, or the ids' own).
     """
+    tokenizer = _tokenizer(data)
     if data.format == "sft":
-        tokenizer = load_sft_tokenizer(data.tokenizer) if data.tokenizer else None
         options = {"tokenizer": tokenizer, "seq_len": data.seq_len, "vocab_size": vocab_size}
         if path.is_file():
             parts = {path.stem: [(str(path), read_records(path))]}
@@ -169,7 +173,6 @@ def read_path(
         else:
             got = load_folder(path, format="sft", sft_layout=data.sft_layout, **options)
         return got.domains, got.train
-    tokenizer = load_tokenizer(data.tokenizer) if data.tokenizer else None
     if path.is_file():
         parts = [(str(path), read_file(path, **data.file_options()))]
         got = build_corpus({path.stem: parts}, {}, tokenizer=tokenizer, vocab_size=vocab_size)

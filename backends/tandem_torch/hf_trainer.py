@@ -3,12 +3,12 @@
 ``TandemTrainer`` keeps the Trainer's loop (optimizer and scheduler from ``TrainingArguments``,
 logging, checkpoints, callbacks) and replaces what one training step does: every optimizer step
 of the Trainer is one proxy step of a ``tandem_torch.Twins``. The method's ``Plan`` says what
-runs around it, as in ``tandem_core.run.MixtureRun``: twin episodes (TANDEM: the SYNC and UPDATE
-ticks between PROBE and FREE steps) or a measurement every N steps, after an optional reference
-phase (DoReMi, DoGE); its ``Signal`` is measured by the torch engine's ``signals`` functions on
-the twins. Batches are drawn by domain from
-a sampler (``DatasetSampler`` over a ``datasets.Dataset`` with a domain column, or any
-``tandem_core.BatchSampler``), not from the Trainer's dataloader.
+runs around it, as in ``tandem_core.run.MixtureRun``: twin episodes (the SYNC and UPDATE ticks
+between PROBE and FREE steps) or a measurement every N steps, after the reference phase an
+``EveryStep`` plan may ask for; its ``Signal`` is measured by the torch engine's ``signals``
+functions on the twins. Batches are drawn by domain from a sampler (``DatasetSampler`` over a
+``datasets.Dataset`` with a domain column, or any ``tandem_core.BatchSampler``), not from the
+Trainer's dataloader.
 
 Importing this module imports ``transformers``; ``import tandem_torch`` does not.
 """
@@ -55,8 +55,8 @@ class TandemTrainer(Trainer):
 
     Args:
         *args: the ``Trainer``'s arguments (``model``, ``args``, ...).
-        method: a ``tandem_core.methods.Method`` or its registered name (``"tandem"``,
-            ``"doremi"``, ``"doge"``, ...): its plan, signal and transform.
+        method: a ``tandem_core.methods.Method`` or its registered name (any entry of
+            ``tandem_core.methods.all_methods()``): its plan, signal and transform.
         method_params: the method's params dataclass, or ``{key: value}`` for ``make_params``.
         transform: a custom mixture update (default: the method's), e.g. ``tc.tandem(...)``.
         schedule: twin episodes overriding an episodic method's plan, e.g.
@@ -124,7 +124,7 @@ class TandemTrainer(Trainer):
         self.twins: Twins | None = None
         self.mixture: tc.MixtureState | None = None
         self.tick = 0  # schedule position (episodes) or main-phase proxy step (every-step plans)
-        self.reference_step = 0  # steps of the reference phase done (DoReMi)
+        self.reference_step = 0  # steps of the plan's reference phase done
         self._resume: str | None = None
 
     @property
@@ -407,7 +407,7 @@ def _check_signal(signal: Signal, sampling: str, args: Any) -> None:
         sampling != "reweight" or args.gradient_accumulation_steps > 1 or args.world_size > 1
     ):
         raise tc.ConfigError(
-            "the alignment signal (DoGE) needs sampling='reweight', "
+            "the per-domain gradient alignment signal needs sampling='reweight', "
             "gradient_accumulation_steps=1 and one process"
         )
 

@@ -35,7 +35,7 @@ import numpy as np
 from .corpus import DataError
 from .megatron import read_megatron
 from .shards import Shard, ShardedStream, dolma_documents
-from .text import read_documents, text_kind
+from .text import decode_lines, read_documents, text_kind
 
 __all__ = ["BIN_DTYPES", "SUFFIXES", "is_data_file", "read_file", "read_text_lines"]
 
@@ -66,13 +66,7 @@ def read_text_lines(path: Path) -> Iterator[tuple[int, str]]:
         DataError: ``path:line`` of the first line that is not valid UTF-8.
     """
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                yield lineno, raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as err:
-                raise DataError(
-                    f"{path}:{lineno}: not valid UTF-8 (byte {err.start} of the line)"
-                ) from None
+        yield from decode_lines(path, f)
 
 
 def _bin_dtype(path: Path, default: str) -> np.dtype:

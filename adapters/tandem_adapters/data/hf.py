@@ -46,6 +46,19 @@ _BUILDERS = {
 }
 
 
+def _open_splits(path: str | Path, train_split: str, caller: str) -> tuple[Path, Any]:
+    """``(path, {split: Dataset})`` of a local ``save_to_disk`` folder (one ``Dataset``: train)."""
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError(f"{caller} needs `datasets`: pip install datasets") from err
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: dataset directory not found (only local datasets are read)")
+    data = datasets.load_from_disk(str(path))
+    return path, data if isinstance(data, datasets.DatasetDict) else {train_split: data}
+
+
 def _documents(ds: Any, where: str, domain_field: str | None, text_field: str) -> dict:
     """Domain name -> list of documents, domains sorted by name (one ``where`` if no field)."""
     fields = [f for f in (domain_field, text_field) if f is not None]
@@ -106,21 +119,13 @@ def load_hf_dataset(
         DataError: missing directory, split or column; non-string text; empty domain.
         ValueError: more than one validation option.
     """
-    try:
-        import datasets
-    except ImportError as err:
-        raise ImportError("load_hf_dataset needs `datasets`: pip install datasets") from err
     chosen = [n for n, v in (("val_split", val_split), ("target_split", target_split)) if v]
     if val_fraction:
         chosen.append("val_fraction")
     if len(chosen) > 1:
         raise ValueError(f"give at most one of val_split, target_split, val_fraction; got {chosen}")
+    path, splits = _open_splits(path, train_split, "load_hf_dataset")
     tokenizer = resolve_tokenizer(tokenizer)
-    path = Path(path)
-    if not path.is_dir():
-        raise DataError(f"{path}: dataset directory not found (only local datasets are read)")
-    data = datasets.load_from_disk(str(path))
-    splits = data if isinstance(data, datasets.DatasetDict) else {train_split: data}
 
     def split(name: str) -> Any:
         if name not in splits:
@@ -307,18 +312,10 @@ def stream_hf_dataset(
         DataError: missing directory, split or column; non-string text; empty domain.
         ValueError: ``val_split`` without ``val_tokens``; ``buffer_tokens < 2``.
     """
-    try:
-        import datasets
-    except ImportError as err:
-        raise ImportError("stream_hf_dataset needs `datasets`: pip install datasets") from err
     if val_split and val_tokens < 2:
         raise ValueError(f"val_split needs val_tokens >= 2, got {val_tokens}")
+    path, splits = _open_splits(path, train_split, "stream_hf_dataset")
     tokenizer = resolve_tokenizer(tokenizer) or ByteTokenizer()
-    path = Path(path)
-    if not path.is_dir():
-        raise DataError(f"{path}: dataset directory not found (only local datasets are read)")
-    data = datasets.load_from_disk(str(path))
-    splits = data if isinstance(data, datasets.DatasetDict) else {train_split: data}
     for name in filter(None, (train_split, val_split)):
         if name not in splits:
             raise DataError(f"{path}: no split {name!r}; splits: {sorted(splits)}")

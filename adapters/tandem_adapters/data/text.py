@@ -26,6 +26,7 @@ from .corpus import DataError
 
 __all__ = [
     "TEXT_SUFFIXES",
+    "decode_lines",
     "domain_stem",
     "is_hf_dataset_dir",
     "json_record",
@@ -80,15 +81,24 @@ def _lines(path: Path, kind: str) -> Iterator[tuple[int, str]]:
         # zstandard's reader has no line iteration of its own; BufferedReader adds it
         f = raw if kind != ".jsonl.zst" else io.BufferedReader(raw)
         try:
-            for lineno, line in enumerate(f, start=1):
-                try:
-                    yield lineno, line.decode("utf-8").rstrip("\r\n")
-                except UnicodeDecodeError as err:
-                    raise DataError(
-                        f"{path}:{lineno}: not valid UTF-8 (byte {err.start} of the line)"
-                    ) from None
+            yield from decode_lines(path, f)
         except (OSError, EOFError) as err:  # truncated or corrupt .gz / .zst
             raise DataError(f"{path}: cannot decompress ({err})") from None
+
+
+def decode_lines(path: Path, lines: Any) -> Iterator[tuple[int, str]]:
+    """``(line_number, text)`` of binary ``lines`` (1-based, newline stripped), strict UTF-8.
+
+    Raises:
+        DataError: ``path:line`` of the first line that is not valid UTF-8.
+    """
+    for lineno, line in enumerate(lines, start=1):
+        try:
+            yield lineno, line.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as err:
+            raise DataError(
+                f"{path}:{lineno}: not valid UTF-8 (byte {err.start} of the line)"
+            ) from None
 
 
 def json_record(path: Path, lineno: int, line: str) -> dict:
