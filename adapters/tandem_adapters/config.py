@@ -54,11 +54,14 @@ class RunConfig:
     backend: str = "torch"  # a `tandem.backends` entry point: torch | jax | a plugin's name
     run_dir: str = "runs/tandem"  # the run's folder (the CLI: runs/<data>-<command>-<time>)
     checkpoint_every: int = 100  # proxy steps between checkpoints (0: only at the end)
+    stop_check_every: int = 10  # ticks between the processes' polls that agree on stopping
     progress: bool = True  # a progress bar on the terminal
     report_to: list = field(default_factory=list)  # trackers of the metrics: tensorboard | wandb
 
     def __post_init__(self) -> None:
-        check_fields(self, nonnegative=("checkpoint_every",), prefix="run.")
+        check_fields(
+            self, nonnegative=("checkpoint_every",), positive=("stop_check_every",), prefix="run."
+        )
         for name in self.report_to:
             check_tracker(name)
 

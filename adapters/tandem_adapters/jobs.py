@@ -307,7 +307,10 @@ def _execute(
 
         with _stop_on_signals(run) as flag:
             result = run.run(
-                cfg.run.progress, checkpoint=save, checkpoint_every=cfg.run.checkpoint_every
+                cfg.run.progress,
+                checkpoint=save,
+                checkpoint_every=cfg.run.checkpoint_every,
+                stop_every=cfg.run.stop_check_every,
             )
             save(run)
             if flag["stop"] is not None and not run.done:

@@ -34,6 +34,10 @@ class Engine(Protocol):
     """
 
     vocab_size: int | None  # token ids must be below it (None: the data decides)
+    # Optional, for runs of several processes (the loop reads both with getattr):
+    #   processes: int, the number of processes computing this run (default 1);
+    #   any_process(flag: bool) -> bool, True on every process when any passed True (one
+    #   collective; the loop calls it on the same ticks everywhere, see MixtureRun.stop_requested)
 
     def init_mixture(self, transform: MixtureTransform, num_domains: int) -> MixtureState:
         """``transform.init`` in the engine's namespace, dtype and device."""

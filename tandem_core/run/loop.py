@@ -89,6 +89,7 @@ class MixtureRun:
         self._alpha_host: np.ndarray | None = None
         self._clock = time.perf_counter()
         self.should_stop: Callable[[], bool] | None = None  # polled between ticks (SIGTERM)
+        self._polls = 0  # should_stop calls: the same count on every process
         self.weighting: SampleWeighting | None = None  # ADAPT / ADAPT-BM25 (fixed mixtures)
         if config.weighting != "none":
             vocab = engine.vocab_size or sampler.vocab_size
@@ -258,6 +259,7 @@ class MixtureRun:
         *,
         checkpoint: Callable[[MixtureRun], None] | None = None,
         checkpoint_every: int = 0,
+        stop_every: int = 10,
     ) -> RunResult:
         """Run until ``config.steps`` proxy steps; returns the learned mixture.
 
@@ -266,9 +268,12 @@ class MixtureRun:
             checkpoint: called with this run every ``checkpoint_every`` proxy steps (and not at
                 the end: the caller saves the final state itself).
             checkpoint_every: 0 disables periodic checkpoints.
+            stop_every: in a run of several processes, ticks between the polls that agree on
+                stopping (``should_stop`` on any process stops all at the same tick; one small
+                collective per poll). One process polls every tick, with no collective.
         """
         bar = progress_bar(self.config.steps, self.proxy_step, progress)
-        while not self.done and not (self.should_stop is not None and self.should_stop()):
+        while not self.done and not self.stop_requested(stop_every):
             before = self.proxy_step
             self.step()
             due = checkpoint_every and self.proxy_step != before
@@ -284,6 +289,23 @@ class MixtureRun:
         if bar is not None:
             bar.close()
         return self.result()
+
+    def stop_requested(self, every: int = 10) -> bool:
+        """Whether to stop before the next tick: ``should_stop`` here, or on any process.
+
+        Processes poll at the same ticks (every ``every``-th call, counted from this run's
+        start), and the engine's ``any_process`` tells each of them whether any process was
+        asked to stop, so every process stops after the same tick and they save one checkpoint
+        together. A signal that reaches only some nodes then stops the whole job cleanly.
+        """
+        local = self.should_stop is not None and self.should_stop()
+        agree = getattr(self.engine, "any_process", None)
+        if agree is None or getattr(self.engine, "processes", 1) <= 1:
+            return local
+        self._polls += 1
+        if (self._polls - 1) % max(every, 1):
+            return False
+        return bool(agree(local))
 
     def result(self) -> RunResult:
         """The run's outputs on the host."""
