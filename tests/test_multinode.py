@@ -142,6 +142,45 @@ def test_torch_two_nodes_equal_one_process_and_resume_after_sigterm(tmp_path):
     assert a["trajectory"] == b["trajectory"] and a["average"] == b["average"]
 
 
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks in /proc")
+def test_torch_sigterm_to_the_other_node_stops_every_rank_with_a_checkpoint(tmp_path):
+    """A signal that reaches only the node WITHOUT rank 0: the ranks agree to stop.
+
+    Every ``run.stop_check_every`` ticks the ranks all-reduce their stop flags, so rank 0 (never
+    signalled) stops after the same tick as the signalled rank, and saves; the resume on two
+    nodes then equals an uninterrupted run bit for bit.
+    """
+    pytest.importorskip("torch")
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    items = ("train.steps=60", "run.stop_check_every=2")
+    nodes = _nodes(whole, *items)
+    try:
+        _finish(nodes)
+    finally:
+        _kill_all(nodes)
+    nodes = _nodes(cut, *items)
+    try:
+        wait_for_rows(cut / "metrics.jsonl", 3, nodes[0])
+        other = next(n for n in nodes if _rank_of_node(n) != 0)
+        other.send_signal(signal.SIGTERM)
+        errs = [node.communicate(timeout=120)[1] for node in nodes]
+    finally:
+        _kill_all(nodes)
+    assert all(node.returncode != 0 for node in nodes)
+    assert (cut / "checkpoint.npz").exists() and not (cut / "mixture.json").exists()
+    said = "\n".join(errs)
+    assert "stopped by another process" in said and "stopped by signal 15" in said, said[-3000:]
+    rows = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    nodes = _nodes(cut, *items, extra=("--resume",))
+    try:
+        _finish(nodes)
+    finally:
+        _kill_all(nodes)
+    a, b = _mixture(whole), _mixture(cut)
+    assert a["trajectory"] == b["trajectory"] and a["average"] == b["average"]
+    assert rows and rows[-1]["step"] < 60  # it did stop early
+
+
 def _jax_env(port: int, process_id: int) -> dict:
     """Process ``process_id`` of 2 on 127.0.0.1, with two CPU devices of its own."""
     return {

@@ -6,6 +6,7 @@ import argparse
 import errno
 import importlib
 import os
+import signal
 import sys
 
 import tandem_core as tc
@@ -68,7 +69,7 @@ def _failure(err: BaseException, args: argparse.Namespace) -> tuple[int | None, 
     if isinstance(err, tc.ConfigError):
         return 2, f"configuration error: {err}"
     if isinstance(err, Interrupted):
-        return (143 if "signal 15" in str(err) else 130), str(err)
+        return (130 if err.signum == signal.SIGINT else 143), str(err)
     if isinstance(err, KeyboardInterrupt):
         return 130, "interrupted (Ctrl-C)"
     if isinstance(err, (DataError, tc.CorruptStateError, tc.NonFiniteError)):

@@ -51,7 +51,14 @@ __all__ = [
 
 
 class Interrupted(RuntimeError):
-    """The job stopped on SIGTERM / SIGINT after saving a checkpoint (resume with --resume)."""
+    """The job stopped on SIGTERM / SIGINT after saving a checkpoint (resume with --resume).
+
+    ``signum``: the signal this process received (``None``: another process of the job did).
+    """
+
+    def __init__(self, message: str, signum: int | None = None) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 def _tokenizer(data: DataConfig) -> Any:
@@ -313,10 +320,12 @@ def _execute(
                 stop_every=cfg.run.stop_check_every,
             )
             save(run)
-            if flag["stop"] is not None and not run.done:
+            if not run.done:  # a signal here, or on another process of the job
+                cause = "another process" if flag["stop"] is None else f"signal {flag['stop']}"
                 raise Interrupted(
-                    f"stopped by signal {flag['stop']} at proxy step {run.proxy_step}; "
-                    f"checkpoint saved in {where}: continue with --resume"
+                    f"stopped by {cause} at proxy step {run.proxy_step}; "
+                    f"checkpoint saved in {where}: continue with --resume",
+                    flag["stop"],
                 )
     except BaseException:
         rd.close()  # the run is over: free the directory now, not when the traceback goes

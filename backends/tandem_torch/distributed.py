@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
     "all_reduce_sum",
+    "any_rank",
     "default_device",
     "full",
     "init_from_env",
@@ -109,3 +110,16 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     x = x.clone()
     dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is set on any rank (one all-reduce of one int; ``flag`` on one process).
+
+    ``device``: where the process group reduces (CUDA for NCCL). Every rank must call it.
+    """
+    world, _ = world_and_rank()
+    if world == 1:
+        return flag
+    x = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+    dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return bool(x.cpu()[0])

@@ -23,7 +23,7 @@ from tandem_core.run import TrainConfig
 
 from . import checkpoint, sharded, signals, weighted
 from .batches import as_tensor
-from .distributed import world_and_rank
+from .distributed import any_rank, world_and_rank
 from .models import eval_mode, logits_and_hidden, per_sample_loss
 from .options import TorchOptions
 from .twins import Twins
@@ -92,6 +92,15 @@ class TorchEngine:
     def device(self) -> torch.device:
         """The twins' device."""
         return self.twins.device
+
+    @property
+    def processes(self) -> int:
+        """Ranks computing this run (torch.distributed's world size; 1 without it)."""
+        return world_and_rank()[0]
+
+    def any_process(self, flag: bool) -> bool:
+        """Whether any rank passed ``flag`` (every rank calls it: one all-reduce)."""
+        return any_rank(flag, self.device)
 
     # ------------------------------------------------------------------ training
     def sync(self) -> None:
