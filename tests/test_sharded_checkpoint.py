@@ -134,6 +134,68 @@ def test_two_rank_checkpoint_loads_into_one_process(two_ranks):
     np.testing.assert_array_equal(run.state.alpha.numpy(), got["trajectory"][-1])
 
 
+# ---------------------------------------------------------------------- DDP; 1 -> 2 ranks
+def _ddp_main(rank, world, port, out, root):
+    """DDP twins with sharded checkpoints (bitwise resume); a 1-process checkpoint into FSDP."""
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        ddp = {"checkpoint": "sharded"}
+        whole, engine = _torch_run(_cfg(), options=ddp)
+        trajectory = whole.run(progress=False).trajectory
+        params = _full_params(engine)
+        run, engine = _torch_run(_cfg(), options=ddp)
+        while run.proxy_step < 7:
+            run.step()
+        engine.save_sharded(f"{root}/ddp", run.state_dict(), step=7)
+        resumed, resumed_params, _ = _resume(f"{root}/ddp", ddp)
+        # the single process's checkpoint at step 7, resharded onto 2 FSDP ranks
+        grown, grown_params, _ = _resume(f"{root}/one", SHARDED)
+        if rank == 0:
+            shards = os.listdir(f"{root}/ddp/step-7/shards")
+            np.savez(
+                out,
+                trajectory=trajectory,
+                params=params,
+                resumed=resumed,
+                resumed_params=resumed_params,
+                grown=grown,
+                grown_params=grown_params,
+                distcp=sum(name.endswith(".distcp") for name in shards),
+            )
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def test_ddp_sharded_resume_is_bitwise_and_one_process_reshards_onto_two(tmp_path):
+    torch_mp = pytest.importorskip("torch.multiprocessing")
+    one = {"checkpoint": "sharded"}
+    whole, engine = _torch_run(_cfg(), options=one)  # one process, no process group
+    trajectory = whole.run(progress=False).trajectory
+    params = _full_params(engine)
+    run, engine = _torch_run(_cfg(), options=one)
+    while run.proxy_step < 7:
+        run.step()
+    engine.save_sharded(tmp_path / "one", run.state_dict(), step=7)
+    out = tmp_path / "rank0.npz"
+    torch_mp.spawn(_ddp_main, args=(2, _free_port(), str(out), str(tmp_path)), nprocs=2, join=True)
+    got = dict(np.load(out))
+    np.testing.assert_array_equal(got["resumed"], got["trajectory"])  # DDP: bitwise
+    np.testing.assert_array_equal(got["resumed_params"], got["params"])
+    assert int(got["distcp"]) == 2  # DCP split the replicated tensors between the ranks
+    # 1 -> 2 ranks: the same run as one process, up to the order of float64 sums
+    np.testing.assert_allclose(got["grown"], trajectory, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got["grown_params"], params, rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(got["trajectory"], trajectory, rtol=1e-9, atol=1e-12)
+
+
 # ---------------------------------------------------------------------- one process
 def test_incomplete_or_tampered_steps_are_ignored(tmp_path):
     pytest.importorskip("torch")
