@@ -4,8 +4,6 @@ import dataclasses
 import json
 import os
 import sys
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -246,36 +244,6 @@ def test_npz_stays_the_default():
 MEMORY = dataclasses.replace(SMALL, vocab_size=512, seq_len=16, d_model=256, n_layer=4, n_head=4)
 
 
-def _peak_rss_during(fn) -> float:
-    """Peak resident memory above the level before ``fn()`` (MiB), sampled every 1 ms."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # free heap pages would hide new allocations
-    page = os.sysconf("SC_PAGE_SIZE")
-
-    def rss():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * page
-
-    base, peak, stop = rss(), [0], threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss())
-            time.sleep(0.001)
-
-    thread = threading.Thread(target=sample)
-    thread.start()
-    try:
-        fn()
-    finally:
-        stop.set()
-        thread.join()
-    return (max(peak[0], rss()) - base) / 2**20
-
-
 def _memory_main(rank, world, port, out, root):
     import torch
     import torch.distributed as dist
@@ -283,6 +251,7 @@ def _memory_main(rank, world, port, out, root):
     from toy_data import toy_sampler
 
     import tandem_core as tc
+    from tandem_adapters.bench import peak_rss_during
     from tandem_core.run import MixtureRun
     from tandem_core.run.gpt import init_gpt_params
 
@@ -304,9 +273,9 @@ def _memory_main(rank, world, port, out, root):
             if rank == 0:
                 tc.save_state(f"{root}/ckpt.npz", state)
 
-        npz_mib = _peak_rss_during(npz)
+        npz_mib = peak_rss_during(npz)
         engine.checkpoint_format = "sharded"
-        sharded_mib = _peak_rss_during(
+        sharded_mib = peak_rss_during(
             lambda: engine.save_sharded(f"{root}/dcp", run.state_dict(), step=run.proxy_step)
         )
         got = [None] * world

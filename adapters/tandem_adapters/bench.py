@@ -11,6 +11,7 @@ steady state. Peak memory is measured in a fresh process per engine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -18,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,7 @@ __all__ = [
     "block",
     "build",
     "compare_backends",
+    "peak_rss_during",
     "format_table",
     "machine_info",
     "peak_memory",
@@ -173,6 +176,42 @@ def rss_mib() -> tuple[float, float]:
             if key in ("VmRSS", "VmHWM"):
                 values[key] = int(rest.split()[0]) / 1024
     return values.get("VmRSS", float("nan")), values.get("VmHWM", float("nan"))
+
+
+def peak_rss_during(fn: Callable[[], Any], *, every: float = 0.001) -> float:
+    """Peak resident memory of this process above its level before ``fn()``, MiB (Linux).
+
+    Sampled every ``every`` seconds by a thread, after freeing the heap's unused pages (they
+    would hide new allocations).
+    """
+    import ctypes
+    import gc
+    import threading
+
+    gc.collect()
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    base, peak, stop = rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(every)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        fn()
+    finally:
+        stop.set()
+        thread.join()
+    return (max(peak[0], rss()) - base) / 2**20
 
 
 def peak_memory(cfg: JobConfig, engine: str, *, timeout: float = 600) -> dict:
