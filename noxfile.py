@@ -81,7 +81,7 @@ def examples(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """benchmarks/speed.py, quality.py, data.py, text_cache.py on CPU, into RESULTS.md."""
+    """The benchmark scripts on CPU (speed, quality, data, text cache, checkpoints): RESULTS.md."""
     install(session, "dev,torch,jax,data")
     env = {
         "OMP_NUM_THREADS": "1",
@@ -92,6 +92,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/quality.py", "--write", env=env)
     session.run("python", "benchmarks/data.py", "--write", env=env)  # needs 9 GB free disk
     session.run("python", "benchmarks/text_cache.py", "--write", env=env)
+    session.run("python", "benchmarks/checkpoint.py", "--write", env=env)  # 2 ranks, ~4 GB RAM
 
 
 @nox.session
