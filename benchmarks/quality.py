@@ -45,7 +45,6 @@ def job_config(spec: dict, backend: str, train: dict) -> Any:
         "steps": spec["steps"],
         "batch_per_domain": spec["batch_per_domain"],
         "val_batch_size": spec["val_batch_size"],
-        "eval_per_domain": spec["batch_per_domain"],
         "eval_max_per_domain": spec["eval_windows"],
         "log_every": spec["steps"],
         "seed": spec["seed"],
@@ -54,7 +53,12 @@ def job_config(spec: dict, backend: str, train: dict) -> Any:
         {
             "run": {"backend": backend, "progress": False},
             "backend": {"threads": 1} if backend == "torch" else {},
-            "data": {"suite": spec["suite"], "seed": spec["seed"], "seq_len": spec["seq_len"]},
+            "data": {
+                "suite": spec["suite"],
+                "seed": spec["seed"],
+                "seq_len": spec["seq_len"],
+                "suite_tokens_per_domain": spec["tokens_per_domain"],
+            },
             "model": {
                 "d_model": spec["d_model"],
                 "n_layer": spec["n_layer"],
@@ -83,19 +87,24 @@ def learn(spec: dict, method: str) -> dict:
     }
 
 
-def fresh(spec: dict, alpha: tuple) -> dict:
-    """Train a fresh model with the fixed mixture ``alpha`` (torch); validation losses."""
+def fresh(spec: dict, alpha: tuple, backend: str = "torch") -> dict:
+    """Train a fresh model with the fixed mixture ``alpha`` on ``backend``; validation losses."""
     import tandem_core as tc
     from tandem_adapters.data import TokenSampler, make_suite
     from tandem_adapters.jobs import build_run, load_corpus
 
     every = max(spec["steps"] // spec["curve_points"], 1)
-    cfg = job_config(spec, "torch", {"method": "natural", "eval_every": every})
+    cfg = job_config(spec, backend, {"method": "natural", "eval_every": every})
     start = time.perf_counter()
     corpus = load_corpus(cfg.data)
     run = build_run(cfg, corpus, transform=tc.natural([max(a, 1e-12) for a in alpha]))
     result = run.run(progress=False)
-    per_domain = make_suite(spec["suite"], seed=spec["seed"], val="per_domain")
+    per_domain = make_suite(
+        spec["suite"],
+        seed=spec["seed"],
+        val="per_domain",
+        tokens_per_domain=spec["tokens_per_domain"],
+    )
     held_out = TokenSampler(per_domain, spec["seq_len"], seed=spec["seed"])
     losses = run.engine.evaluate(held_out.validation_sets(spec["eval_windows"]))
     curve = [(m["step"], m["val_loss"]["target"]) for m in result.metrics if "val_loss" in m]

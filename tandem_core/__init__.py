@@ -76,6 +76,7 @@ from .mixture import temperature as temperature
 from .mixture import uniform as uniform
 from .schedule import Phase as Phase
 from .schedule import Schedule as Schedule
+from .schedule import budget_step_size as budget_step_size
 from .schedule import episode as episode
 from .schedule import phase as phase
 from .schedule import phase_code as phase_code

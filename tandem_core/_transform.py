@@ -40,8 +40,9 @@ class MixtureState(NamedTuple):
     """State of every mixture transform: arrays only (a pytree in JAX, tensors in torch)."""
 
     alpha: Array  # (M,) float: the current mixture, on the simplex
-    alpha_sum: Array  # (M,) float: sum of alpha after each applied update (time average numerator)
+    alpha_sum: Array  # (M,) float: sum of alpha after the averaged updates (average numerator)
     count: Array  # () int32: applied updates (saturating)
+    averaged: Array  # () int32: updates summed in alpha_sum (those from `average_from` on)
     last_signal: Array  # (M,) float: last gradient seen per domain (missing policy "carry")
     seen: Array  # (M,) bool: whether last_signal holds a real value
     missing: Array  # (M,) int32: updates at which each domain was missing from the statistics
@@ -64,7 +65,7 @@ class MixtureTransform(NamedTuple):
 class MixtureSummary(NamedTuple):
     """A run's output: the time-averaged mixture (default), the last one, the trajectory."""
 
-    average: Array  # (M,) float
+    average: Array  # (M,) float: mean of the mixtures after the averaged updates
     last: Array  # (M,) float
     trajectory: Array  # (T, M) float: the last T <= H mixtures, oldest first ((0, M) when H = 0)
 
@@ -82,6 +83,7 @@ def mixture_transform(
     history: int = 0,
     initial: InitialFn = uniform_initial,
     floor: float = 0.0,
+    average_from: int = 0,
 ) -> MixtureTransform:
     """Build a ``MixtureTransform`` from a signal function and a stage chain.
 
@@ -105,13 +107,16 @@ def mixture_transform(
         history: number of past mixtures kept on device in ``state.history`` (0: none).
         initial: ``f(M, *, xp, dtype, device) -> alpha (M,)``; uniform by default.
         floor: the minimum weight per domain the stages guarantee (the guard's lower bound).
+        average_from: the first applied update (0-based) whose mixture enters the time average
+            (``mixture_summary(...).average``): 0 averages every update; ``T // 2`` of a run of T
+            updates drops the first half, the burn-in from the uniform start ("tail averaging").
 
     Returns:
         A ``MixtureTransform``.
 
     Raises:
-        ValueError: an unknown policy, a negative or non-integer ``history``, a floor outside
-            ``[0, 1)``; ``init`` raises on a non-integer or non-positive ``num_domains`` or a
+        ValueError: an unknown policy, a negative or non-integer ``history`` or
+            ``average_from``, a floor outside ``[0, 1)``; ``init`` raises on a non-integer or non-positive ``num_domains`` or a
             non-floating dtype.
     """
     if missing not in MISSING_POLICIES:
@@ -119,6 +124,7 @@ def mixture_transform(
             f"unknown missing-domain policy {missing!r}; choose one of {MISSING_POLICIES}"
         )
     history = _integer("history", history, low=0)
+    average_from = _integer("average_from", average_from, low=0)
     if not 0.0 <= floor < 1.0:
         raise ValueError(f"floor must be in [0, 1), got {floor}")
 
@@ -138,6 +144,7 @@ def mixture_transform(
             alpha=alpha,
             alpha_sum=zeros,
             count=int_zero,
+            averaged=int_zero,
             last_signal=zeros,
             seen=xp.zeros(alpha.shape, dtype=xp.bool, device=dev),
             missing=xp.zeros(alpha.shape, dtype=xp.int32, device=dev),
@@ -164,10 +171,12 @@ def mixture_transform(
         filled, mask = fill_missing(grad, present, state.last_signal, state.seen, missing)
         alpha, _, inner = stage.update(state.alpha, filled, state.inner, mask=mask, **extra)
         ok = _finite(filled, alpha, inner, xp=xp) & _on_simplex(alpha, floor, xp=xp)
+        tail = state.count >= average_from  # this update's index, before counting it
         candidate = MixtureState(
             alpha=alpha,
-            alpha_sum=state.alpha_sum + alpha,
+            alpha_sum=state.alpha_sum + xp.where(tail, alpha, xp.zeros_like(alpha)),
             count=safe_increment(state.count, xp=xp),
+            averaged=safe_increment(state.averaged, xp=xp, by=xp.astype(tail, xp.int32)),
             last_signal=xp.where(present, grad, state.last_signal),
             seen=state.seen | present,
             missing=state.missing + xp.astype(~present, xp.int32),
@@ -237,6 +246,9 @@ def _record(history: Array, count: Array, alpha: Array, *, xp: Any) -> Array:
 def mixture_summary(state: MixtureState) -> MixtureSummary:
     """Average (default output), last mixture and the kept trajectory of a run.
 
+    The average is over the updates from the transform's ``average_from`` on (every update by
+    default); before the first of them it is the current mixture.
+
     Reads ``state.count`` on the host: call it at the end or on logging steps, not per step.
 
     Args:
@@ -246,7 +258,7 @@ def mixture_summary(state: MixtureState) -> MixtureSummary:
         ``MixtureSummary(average (M,), last (M,), trajectory (T, M))`` in the state's namespace.
     """
     xp = namespace(state.alpha)
-    average = time_average(state.alpha_sum, state.count, state.alpha)
+    average = time_average(state.alpha_sum, state.averaged, state.alpha)
     size = state.history.shape[0]
     kept = min(int(to_numpy(state.count)), size)
     start = int(to_numpy(state.count)) % size if size else 0

@@ -115,6 +115,7 @@ def tandem(
     normalize: str = "none",
     rms_decay: float = 0.9,
     history: int = 0,
+    average_from: int = 0,
 ) -> MixtureTransform:
     """TANDEM's penalised mixture update (Eq. 5 of the paper).
 
@@ -135,6 +136,8 @@ def tandem(
             typical Delta. ``"none"``: the paper.
         rms_decay: EMA decay of the RMS normaliser.
         history: mixtures kept on device in ``state.history``.
+        average_from: the first update whose mixture the output average includes (0: all;
+            the ``tandem`` method's default drops the first half of the run's updates).
 
     Returns:
         A ``MixtureTransform``; ``update(state, stats)`` takes ``TwinStats`` or Delta ``(M,)``.
@@ -162,7 +165,14 @@ def tandem(
     if step == "eg" and floor > 0:
         stages.append(simplex_projection(floor))
     signal = _twin_signal(gamma)
-    return mixture_transform(signal, chain(*stages), missing=missing, history=history, floor=floor)
+    return mixture_transform(
+        signal,
+        chain(*stages),
+        missing=missing,
+        history=history,
+        floor=floor,
+        average_from=average_from,
+    )
 
 
 def doremi(

@@ -27,12 +27,21 @@ Example loop::
 from __future__ import annotations
 
 import enum
+import math
 import operator
 from typing import Any, NamedTuple
 
 from ._utils import Array, array_device, namespace
 
-__all__ = ["EPISODE_MEANINGS", "Phase", "Schedule", "episode", "phase", "phase_code"]
+__all__ = [
+    "EPISODE_MEANINGS",
+    "Phase",
+    "Schedule",
+    "budget_step_size",
+    "episode",
+    "phase",
+    "phase_code",
+]
 
 EPISODE_MEANINGS = ("free", "total")
 
@@ -91,11 +100,55 @@ class Schedule(_Layout):
         """Index of the episode that ``tick`` belongs to."""
         return _tick(tick) // self.length
 
+    def updates(self, steps: int) -> int:
+        """Mixture updates in a run of ``steps`` proxy steps (one after each episode's K probes).
+
+        Examples:
+            >>> Schedule(5, 20).updates(600)  # the probes of episode 24 end at step 605
+            24
+        """
+        steps = _tick(steps)
+        return (
+            0
+            if steps <= self.probe_steps
+            else (steps - self.probe_steps - 1) // (self.proxy_steps) + 1
+        )
+
     def proxy_steps_before(self, tick: int) -> int:
         """Proxy optimizer steps taken before ``tick`` (for logging in the user's step units)."""
         done, j = divmod(_tick(tick), self.length)
         within = 0 if j == 0 else min(j - 1, self.probe_steps) + max(j - self.probe_steps - 2, 0)
         return done * self.proxy_steps + within
+
+
+def budget_step_size(scale: float, num_domains: int, updates: int) -> float:
+    """The mirror-descent step size of a run's budget: ``scale * sqrt(ln M / T)``.
+
+    For T exponentiated-gradient steps on the simplex of M domains with gradients of unit
+    size (TANDEM's RMS-normalised Delta), ``sqrt(2 ln M / T)`` is the step size that minimises
+    the regret bound: a longer run takes smaller steps and the total movement grows like
+    ``sqrt(T)``, not like T (docs/methods.md, "TANDEM: Defaults").
+
+    Args:
+        scale: the constant ``c`` > 0.
+        num_domains: M >= 2 (M = 1: nothing to mix, the step is ``scale``).
+        updates: T, the run's mixture updates (``Schedule.updates``); T < 1 counts as 1.
+
+    Returns:
+        The step size (a Python float).
+
+    Examples:
+        >>> round(budget_step_size(4.0, 5, 24), 4)
+        1.0358
+    """
+    if not 0 < scale < math.inf:
+        raise ValueError(f"scale must be > 0 and finite, got {scale}")
+    m = operator.index(num_domains)
+    if m < 1:
+        raise ValueError(f"num_domains must be >= 1, got {num_domains}")
+    if m == 1:
+        return float(scale)
+    return float(scale) * math.sqrt(math.log(m) / max(operator.index(updates), 1))
 
 
 def _validate(s: Schedule) -> None:

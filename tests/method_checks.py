@@ -17,7 +17,7 @@ from utils import asarray, jit
 
 import tandem_core as tc
 from tandem_core._utils import to_numpy
-from tandem_core.methods import Method, Signal
+from tandem_core.methods import Method, Signal, planned_updates
 from tandem_core.run import MixtureRun
 from tandem_core.run.gpt import init_gpt_params
 
@@ -39,7 +39,8 @@ def fake_signal(signal: Signal, xp, m: int, rng: np.random.Generator):
 
 def check_transform(method: Method, xp, updates: int = 30) -> None:
     m = len(SIZES)
-    transform = method.transform(method.make_params(), sizes=SIZES, history=8)
+    params = method.make_params()
+    transform = method.build(params, sizes=SIZES, history=8, num_domains=m, updates=updates)
     state = transform.init(m, xp=xp, dtype=xp.float64)
     update = jit(xp, transform.update)
     rng = np.random.default_rng(0)
@@ -77,7 +78,10 @@ def run_method(kit, name: str, steps: int = 10, **kw):
 
 
 def check_run_and_resume(kit, name: str, tmp_path, **kw) -> None:
-    full = run_method(kit, name, **kw).run(progress=False)
+    run = run_method(kit, name, **kw)
+    full = run.run(progress=False)
+    planned = planned_updates(run.plan, run.config.steps)  # what the transform was built for
+    assert int(to_numpy(run.state.count)) == planned, f"{name}: {run.state.count} != {planned}"
     assert np.isfinite(full.trajectory).all() and len(full.trajectory) > 0
     np.testing.assert_allclose(full.trajectory.sum(1), 1.0, atol=1e-9)
     assert (full.trajectory >= 0).all()

@@ -1,6 +1,7 @@
 """Every registered method (entry points ``tandem.methods``, built-ins and plugins alike) keeps the
 shared invariants (tests/method_checks.py), and the registry behaves."""
 
+import numpy as np
 import pytest
 from method_checks import check_record, check_run_and_resume, check_transform
 
@@ -104,3 +105,55 @@ def test_broken_and_wrong_plugins_are_named(monkeypatch):
 
 def test_signals_that_read_validation_batches():
     assert {s for s in Signal if s.needs_val} == {Signal.TWIN, Signal.ALIGNMENT}
+
+
+def test_build_passes_run_facts_only_to_transforms_that_take_them():
+    seen = []
+
+    def old_style(params, *, sizes=None, history=0):
+        seen.append(("old", history))
+        return tc.uniform(history=history)
+
+    def new_style(params, *, sizes=None, history=0, updates=None, num_domains=None):
+        seen.append(("new", updates, num_domains))
+        return tc.uniform(history=history)
+
+    def open_style(params, **kw):
+        seen.append(("open", sorted(kw)))
+        return tc.uniform()
+
+    base = get_method("uniform")
+    for fn in (old_style, new_style, open_style):
+        record = Method("x", Signal.NONE, base.params, fn, base.plan, "test")
+        record.build(record.make_params(), history=3, num_domains=4, updates=7)
+    assert seen == [
+        ("old", 3),
+        ("new", 7, 4),
+        ("open", ["history", "num_domains", "sizes", "updates"]),
+    ]
+
+
+def test_tandem_budget_rule_and_tail_average_read_the_run():
+    record = get_method("tandem")
+    params = record.make_params({"eta_rule": "budget", "eta_alpha": 4.0, "average": "tail"})
+    t = record.build(params, num_domains=5, updates=24)
+    delta = np.array([1.0, -1.0, 0.0, 0.0, 0.0])
+    state = t.update(t.init(5, xp=np, dtype=np.float64), delta)
+    eta = tc.budget_step_size(4.0, 5, 24)  # 1.036: RMS-normalised Delta, EG, smoothing 1e-3
+    g = (delta - delta.mean()) / np.sqrt(np.mean((delta - delta.mean()) ** 2))
+    a = np.exp(-eta * g) / np.exp(-eta * g).sum()
+    np.testing.assert_allclose(state.alpha, 0.999 * a + 1e-3 / 5, rtol=1e-6)
+    for _ in range(11):
+        state = t.update(state, delta)
+    assert int(state.averaged) == 0  # the first 12 of 24 updates are the burn-in
+    state = t.update(state, delta)
+    assert int(state.averaged) == 1
+    with pytest.raises(tc.ConfigError, match="needs the run's num_domains and updates"):
+        record.transform(params)
+
+
+def test_tandem_rejects_unknown_rules():
+    with pytest.raises(tc.ConfigError, match="eta_rule"):
+        get_method("tandem").make_params({"eta_rule": "adaptive"})
+    with pytest.raises(tc.ConfigError, match="average"):
+        get_method("tandem").make_params({"average": "median"})

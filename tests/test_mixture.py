@@ -267,6 +267,32 @@ def test_summary_trajectory_ring_buffer(xp):
     assert_close(fresh.average, [0.5, 0.5], xp=xp)
 
 
+def test_average_from_drops_the_burn_in(xp):
+    t = tc.tandem(eta_alpha=1.0, average_from=2, history=8)
+    state = _state(t, xp, 2)
+    assert_close(tc.mixture_summary(state).average, [0.5, 0.5], xp=xp)
+    alphas = []
+    for k in range(5):
+        state = jit(xp, t.update)(state, asarray(xp, [0.01 * (k + 1), 0.0]))
+        alphas.append(to_numpy(state.alpha).copy())
+        average = tc.mixture_summary(state).average
+        # before the first averaged update the average is the current mixture
+        want = np.mean(alphas[2:], axis=0) if k >= 2 else alphas[-1]
+        assert_close(average, want, xp=xp)
+    assert int(to_numpy(state.averaged)) == 3 and int(to_numpy(state.count)) == 5
+
+
+def test_average_from_skipped_updates_are_not_averaged(xp):
+    t = tc.tandem(eta_alpha=1.0, average_from=1)
+    state = t.update(_state(t, xp, 2), asarray(xp, [0.1, 0.0]))
+    state = t.update(state, asarray(xp, [np.nan, 0.0]))  # skipped: neither counted nor averaged
+    assert int(to_numpy(state.averaged)) == 0 and int(to_numpy(state.count)) == 1
+    state = t.update(state, asarray(xp, [0.1, 0.0]))
+    assert_close(tc.mixture_summary(state).average, to_numpy(state.alpha), xp=xp)
+    with pytest.raises(ValueError, match="average_from"):
+        tc.tandem(average_from=-1)
+
+
 def test_errors_are_clear():
     t = tc.tandem()
     with pytest.raises(ValueError, match="statistics cover 4 domains, the mixture has 3"):

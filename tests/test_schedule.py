@@ -88,3 +88,37 @@ def test_schedule_accepts_numpy_integers_and_checks_ticks():
             s.phase(tick)
     with pytest.raises(ValueError, match="tick must be an integer >= 0"):
         s.proxy_steps_before(-3)
+
+
+@pytest.mark.parametrize(
+    "k, e, episode", [(5, 20, "free"), (2, 3, "free"), (1, 0, "free"), (3, 7, "total")]
+)
+def test_updates_counts_the_mixture_updates_of_a_run(k, e, episode):
+    s = Schedule(k, e, episode)
+    for steps in range(0, 4 * s.proxy_steps + 3):
+        taken = updates = 0
+        for t in range(10 * s.length):  # walk the ticks until `steps` proxy steps are done
+            if taken == steps:
+                break
+            p = s.phase(t)
+            taken += p in (P.PROBE, P.FREE)
+            updates += p == P.UPDATE and taken < steps  # an update with training left after it
+        assert s.updates(steps) == updates, (steps, s)
+
+
+def test_budget_step_size_by_hand():
+    assert tc.budget_step_size(4.0, 5, 24) == pytest.approx(4.0 * np.sqrt(np.log(5) / 24))
+    assert tc.budget_step_size(2.0, 2, 1) == pytest.approx(2.0 * np.sqrt(np.log(2)))
+    assert tc.budget_step_size(3.0, 1, 10) == 3.0  # nothing to mix
+    assert tc.budget_step_size(1.0, 4, 0) == tc.budget_step_size(1.0, 4, 1)  # T < 1 counts as 1
+    # a four times longer run takes half the step
+    assert tc.budget_step_size(1.0, 7, 400) == pytest.approx(tc.budget_step_size(1.0, 7, 100) / 2)
+
+
+@pytest.mark.parametrize(
+    "args, msg",
+    [((0.0, 3, 5), "scale must be > 0"), ((np.inf, 3, 5), "scale"), ((1.0, 0, 5), "num_domains")],
+)
+def test_budget_step_size_rejects_bad_input(args, msg):
+    with pytest.raises(ValueError, match=msg):
+        tc.budget_step_size(*args)

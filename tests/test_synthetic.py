@@ -137,3 +137,36 @@ def test_suite_feeds_the_sampler():
         tc.check_batch(batch, num_domains=m, vocab_size=V)
     for batch in [sampler.val_batch(4), *sampler.validation_sets(4)]:
         tc.check_batch(batch, num_domains=1, vocab_size=V)
+
+
+def test_realtext_suite_reads_the_machines_text():
+    corpus = make_suite("realtext", seed=0, tokens_per_domain=40_000)
+    assert corpus.domains == ("code", "docs", "gui", "licenses", "noise")
+    assert corpus.vocab_size == 257 and corpus.val_domains == ("target",)
+    assert all(s.shape == (40_000,) and int(s.max()) < 257 for s in corpus.train)
+    assert corpus.val[0].shape == (10_000,)
+    d, target = by_name(corpus), corpus.val[0]
+    assert b"def " in d["code"][:20_000].astype(np.uint8).tobytes()  # real Python source
+    assert abs(unigram_entropy(d["noise"], 256) - math.log(256)) < 0.02
+    answer = corpus.known_answer
+    assert answer["noise"] == "noise" and set(answer["up"]) == {"code", "docs"}
+    assert set(answer["up"] + answer["down"] + answer["neutral"]) == set(corpus.domains)
+    # the known answer holds for a byte-bigram model: the up domains predict the target best
+    loss = {name: bigram_model_loss(stream, target, 257) for name, stream in d.items()}
+    assert max(loss[u] for u in answer["up"]) < min(loss["licenses"], loss["noise"])
+    assert loss["noise"] > loss["licenses"] + 0.5
+
+
+def test_realtext_suite_is_deterministic_and_holds_its_validation_out():
+    a, b = make_suite("realtext", seed=1), make_suite("realtext", seed=1)
+    c = make_suite("realtext", seed=2)
+    for x, y in zip(a.train + a.val, b.train + b.val):
+        assert np.array_equal(x, y)
+    text = [i for i, name in enumerate(a.domains) if name != "noise"]
+    assert all(np.array_equal(a.train[i], c.train[i]) for i in text)  # the seed draws the noise
+    assert not np.array_equal(a.train[a.domains.index("noise")], c.train[c.domains.index("noise")])
+    per = make_suite("realtext", seed=1, val="per_domain", tokens_per_domain=20_000)
+    assert per.val_domains == per.domains
+    for train, held in zip(per.train, per.val):  # the tail of each domain's text, not trained on
+        assert held.shape == (5_000,)
+        assert not np.array_equal(train[-5_000:], held)

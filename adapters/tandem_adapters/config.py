@@ -70,7 +70,7 @@ class RunConfig:
 class DataConfig:
     """The data: a built-in suite (default) or a folder / local HF dataset of domains."""
 
-    suite: str = "planted"  # used when `path` and `hf_dataset` are empty
+    suite: str = "planted"  # planted | restricted | sft | realtext (without path / hf_dataset)
     path: str = ""  # folder with one sub-folder or file per domain
     val_path: str = ""  # validation folder with the same domains
     target_path: str = ""  # a separate target validation set (file or folder)

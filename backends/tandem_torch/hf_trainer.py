@@ -26,7 +26,15 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 import tandem_core as tc
 from tandem_core.data import Batch
-from tandem_core.methods import Episodes, EveryStep, Method, Plan, Signal, get_method
+from tandem_core.methods import (
+    Episodes,
+    EveryStep,
+    Method,
+    Plan,
+    Signal,
+    get_method,
+    planned_updates,
+)
 
 from . import checkpoint, signals
 from .build import refuse_dropout_under_vmap
@@ -116,8 +124,14 @@ class TandemTrainer(Trainer):
                 prepare_for_training(self.model, vmapped=True)
             refuse_dropout_under_vmap(self.model)
         sizes = sampler.domain_sizes() if hasattr(sampler, "domain_sizes") else None
-        history = _updates(self.plan, self.args.max_steps)
-        self.transform = transform or self.method.transform(params, sizes=sizes, history=history)
+        updates = planned_updates(self.plan, self.args.max_steps)
+        self.transform = transform or self.method.build(
+            params,
+            sizes=sizes,
+            history=updates,
+            num_domains=len(sampler.domains),
+            updates=updates,
+        )
         self.sampler, self.sampling, self.reference_lr = sampler, sampling, reference_lr
         self.batch_per_domain = batch_per_domain or self.args.per_device_train_batch_size
         self.val_batch_size, self.eval_per_domain = val_batch_size, eval_per_domain
@@ -392,13 +406,6 @@ def _plan(plan: Plan, schedule: tc.Schedule | None, gamma: float | None) -> Plan
             raise tc.ConfigError("schedule= sets twin episodes; this method steps every step")
         return plan
     return Episodes(schedule or plan.schedule, plan.gamma if gamma is None else gamma)
-
-
-def _updates(plan: Plan, steps: int) -> int:
-    """An upper bound on the mixture updates of ``steps`` proxy steps (the kept trajectory)."""
-    if isinstance(plan, Episodes):
-        return -(-steps // plan.schedule.proxy_steps)
-    return -(-steps // plan.update_every)
 
 
 def _check_signal(signal: Signal, sampling: str, args: Any) -> None:

@@ -23,6 +23,7 @@ from ._record import Plan as Plan
 from ._record import Signal as Signal
 from ._record import check_fields as check_fields
 from ._record import check_types as check_types
+from ._record import planned_updates as planned_updates
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -36,6 +37,7 @@ __all__ = [
     "check_fields",
     "check_types",
     "get_method",
+    "planned_updates",
     "refresh_methods",
 ]
 

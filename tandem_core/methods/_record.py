@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import inspect
 import math
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +28,7 @@ __all__ = [
     "Plan",
     "Signal",
     "check_fields",
+    "planned_updates",
     "check_types",
 ]
 
@@ -73,6 +75,17 @@ class EveryStep(NamedTuple):
 Plan = Episodes | EveryStep
 
 
+def planned_updates(plan: Plan, steps: int) -> int:
+    """The mixture updates a run of ``steps`` main-phase proxy steps makes under ``plan``.
+
+    Episodes: one after each episode's K probe steps (``Schedule.updates``); every-step plans:
+    one before every ``update_every``-th step, the first before step 0.
+    """
+    if isinstance(plan, Episodes):
+        return plan.schedule.updates(steps)
+    return -(-steps // plan.update_every)
+
+
 @dataclass(frozen=True)
 class Method:
     """A mixing method as the CLI, the API, the run loop and the shared tests see it.
@@ -82,8 +95,12 @@ class Method:
         signal: the ``Signal`` its update reads.
         params: a frozen dataclass of its hyper-parameters (validated in ``__post_init__``); its
             fields are the method's keys in the ``[train]`` table.
-        transform: ``transform(params, *, sizes, history) -> MixtureTransform``; ``sizes`` are
-            the tokens per domain (``natural`` and ``temperature`` read them).
+        transform: ``transform(params, *, sizes, history, [num_domains, updates]) ->
+            MixtureTransform``; ``sizes`` are the tokens per domain (``natural`` and
+            ``temperature`` read them); ``num_domains`` and ``updates`` (the run's number of
+            mixture updates, ``planned_updates``) are passed when the function accepts them
+            (``tandem``'s budget step size and tail average read them). Call it through
+            ``build``.
         plan: ``plan(params) -> Episodes | EveryStep``.
         summary: one line for listings.
     """
@@ -105,6 +122,26 @@ class Method:
     def keys(self) -> tuple[str, ...]:
         """The method's keys in the ``[train]`` table."""
         return tuple(f.name for f in dataclasses.fields(self.params))
+
+    def build(
+        self,
+        params: Any,
+        *,
+        sizes: Any = None,
+        history: int = 0,
+        num_domains: int | None = None,
+        updates: int | None = None,
+    ) -> MixtureTransform:
+        """``transform(params, ...)`` with the run's facts that the function accepts.
+
+        A plugin written before ``num_domains`` / ``updates`` existed keeps working: they are
+        passed only to a ``transform`` that names them (or takes ``**kwargs``).
+        """
+        run = {"num_domains": num_domains, "updates": updates}
+        accepted = inspect.signature(self.transform).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+            run = {k: v for k, v in run.items() if k in accepted}
+        return self.transform(params, sizes=sizes, history=history, **run)
 
     def make_params(self, values: Mapping[str, Any] = ()) -> Any:
         """The validated hyper-parameters from ``{key: value}`` (unset keys take defaults)."""

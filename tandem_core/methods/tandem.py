@@ -14,8 +14,11 @@ from typing import Any
 from ..accounting import MISSING_POLICIES
 from ..errors import ConfigError
 from ..mixture import NORMALIZE, STEPS, tandem
-from ..schedule import EPISODE_MEANINGS, Schedule
+from ..schedule import EPISODE_MEANINGS, Schedule, budget_step_size
 from ._record import Episodes, Method, Signal, check_fields
+
+ETA_RULES = ("constant", "budget")
+AVERAGES = ("all", "tail")
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,9 @@ class TandemParams:
     free_steps: int = 20  # E; its meaning is set by `episode`
     episode: str = "free"  # "free": E free steps after the update; "total": E includes the K
     gamma: float = 1.0  # the reference's objective is L_val + gamma * L_train
-    eta_alpha: float = 0.3  # mixture step size
+    eta_alpha: float = 0.3  # mixture step size (eta_rule="budget": its scale c)
+    eta_rule: str = "constant"  # constant | budget: eta_alpha * sqrt(ln M / T), T the run's updates
+    average: str = "all"  # the output averages: all updates | tail (the second half)
     alpha_step: str = "eg"  # mixture update: eg (exponentiated gradient) | pgd
     normalize: str = "rms"  # scale of Delta before the step: rms | none
     floor: float = 0.0  # smallest weight of any domain (M * floor < 1)
@@ -46,6 +51,8 @@ class TandemParams:
                 "alpha_step": STEPS,
                 "normalize": NORMALIZE,
                 "missing": MISSING_POLICIES,
+                "eta_rule": ETA_RULES,
+                "average": AVERAGES,
             },
             positive=("probe_steps", "gamma", "eta_alpha"),
             nonnegative=("free_steps", "floor"),
@@ -62,10 +69,26 @@ class TandemParams:
         return Schedule(self.probe_steps, self.free_steps, self.episode)
 
 
-def _transform(p: TandemParams, *, sizes: Any = None, history: int = 0) -> Any:
+def _transform(
+    p: TandemParams,
+    *,
+    sizes: Any = None,
+    history: int = 0,
+    num_domains: int | None = None,
+    updates: int | None = None,
+) -> Any:
     del sizes
+    if (p.eta_rule == "budget" or p.average == "tail") and (num_domains is None or updates is None):
+        raise ConfigError(
+            f"tandem with eta_rule={p.eta_rule!r}, average={p.average!r} needs the run's "
+            "num_domains and updates (MixtureRun and TandemTrainer pass them): give both, or "
+            "eta_rule='constant' and average='all'"
+        )
+    eta = p.eta_alpha
+    if p.eta_rule == "budget":
+        eta = budget_step_size(p.eta_alpha, num_domains, updates)
     return tandem(
-        p.eta_alpha,
+        eta,
         p.gamma,
         p.alpha_step,
         p.floor,
@@ -73,6 +96,7 @@ def _transform(p: TandemParams, *, sizes: Any = None, history: int = 0) -> Any:
         p.missing,
         normalize=p.normalize,
         history=history,
+        average_from=updates // 2 if p.average == "tail" else 0,
     )
 
 

@@ -20,7 +20,7 @@ from ..accounting import DomainStats, merge_stats
 from ..adapt import AdaptTransform
 from ..data import Batch, BatchSampler, check_batch
 from ..errors import ConfigError, NonFiniteError
-from ..methods import Episodes, Signal
+from ..methods import Episodes, Signal, planned_updates
 from ..mixture import uniform
 from ..schedule import Phase
 from .config import TrainConfig
@@ -72,8 +72,11 @@ class MixtureRun:
                     f"episode is {sched.proxy_steps}): set train.steps >= {sched.proxy_steps}"
                 )
         self.domains = tuple(sampler.domains)
-        self.transform = transform or self.method.transform(
-            config.params, sizes=list(sampler.domain_sizes())
+        self.transform = transform or self.method.build(
+            config.params,
+            sizes=list(sampler.domain_sizes()),
+            num_domains=len(self.domains),
+            updates=planned_updates(self.plan, config.steps),
         )
         self.state = engine.init_mixture(self.transform, len(self.domains))
         self.episodic = isinstance(self.plan, Episodes)

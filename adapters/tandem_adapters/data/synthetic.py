@@ -36,6 +36,7 @@ import numpy as np
 
 from . import markov
 from .corpus import DomainCorpus
+from .realtext import make_realtext_suite
 from .sft_suite import make_sft_suite
 
 __all__ = ["available_suites", "make_suite"]
@@ -74,7 +75,8 @@ def _suite(name: str, tokens: int) -> tuple[dict[str, int], dict]:
     return sizes, {**claims, "noise": "noise"}
 
 
-SUITES = ("planted", "restricted", "sft")  # "sft": instruction tasks (data.sft_suite)
+# "sft": instruction tasks (data.sft_suite); "realtext": the machine's own text (data.realtext)
+SUITES = ("planted", "restricted", "sft", "realtext")
 
 
 def available_suites() -> tuple[str, ...]:
@@ -124,6 +126,9 @@ def make_suite(
     val_tokens = tokens_per_domain // 4 if val_tokens is None else int(val_tokens)
     if val_tokens < 2:
         raise ValueError(f"val_tokens must be >= 2, got {val_tokens}")
+    if name == "realtext":  # bytes of text per domain; byte tokens: vocab_size does not apply
+        sizes = dict(tokens_per_domain=tokens_per_domain, val_tokens=val_tokens)
+        return make_realtext_suite(seed=seed, val=val, **sizes)
     if name == "sft":
         sizes = dict(tokens_per_domain=tokens_per_domain, val_tokens=val_tokens)
         return make_sft_suite(seed=seed, vocab_size=vocab_size, val=val, layout=sft_layout, **sizes)
