@@ -116,8 +116,8 @@ def mixture_transform(
 
     Raises:
         ValueError: an unknown policy, a negative or non-integer ``history`` or
-            ``average_from``, a floor outside ``[0, 1)``; ``init`` raises on a non-integer or non-positive ``num_domains`` or a
-            non-floating dtype.
+            ``average_from``, a floor outside ``[0, 1)``; ``init`` raises on a non-integer or
+            non-positive ``num_domains`` or a non-floating dtype.
     """
     if missing not in MISSING_POLICIES:
         raise ValueError(
