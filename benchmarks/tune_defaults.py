@@ -73,7 +73,7 @@ def spec(suite: str, seed: int, budget: int, d_model: int) -> dict:
 
 def learn(s: dict, rule: str) -> list:
     s = {**s, "tandem": {"eta_alpha": eta(rule, s["steps"], s["domains"]), "free_steps": FREE}}
-    return quality.learn(s, "tandem-torch")["trajectory"].tolist()
+    return quality.learn(s, "tandem", "torch")["trajectory"].tolist()
 
 
 def outputs(trajectory: list) -> dict[str, tuple]:

@@ -110,25 +110,30 @@ def test_machinery_and_scaling_in_domains():
 
 def test_quality_jobs_and_tables(tmp_path):
     args = quality.parse(["--seeds", "0", "--steps", "4", "--d-model", "16", "--n-layer", "1"])
-    args.seq_len, args.batch_per_domain, args.eval_windows, args.curve_points = 8, 2, 4, 2
-    spec = quality.specs_from(args)[0]
+    args.batch_per_domain, args.eval_windows, args.curve_points = 2, 4, 2
+    spec = {**quality.specs_from(args)[0], "seq_len": 8}
     spec["tandem"] = {"probe_steps": 1, "free_steps": 1}
     assert spec["suite"] == "planted" and spec["grid"] == 2
     assert len(quality.grid(5, 2)) == 15 and len(quality.grid(4, 3)) == 20
-    learned = quality.learn(spec, "tandem-torch")
+    assert len(quality.grid(5, 2, without=1)) == 10  # the noise domain left out
+    assert all(a[1] == 0 for a in quality.grid(5, 2, without=1))
+    learned = quality.learn(spec, "tandem", "torch")
     assert learned["trajectory"].shape == (2, 5)
     assert abs(learned["average"].sum() - 1) < 1e-5
     out = quality.fresh(spec, quality._key(learned["average"]))
     assert np.isfinite(out["target"]) and len(out["domains"]) == 5 and len(out["curve"]) == 2
-    x = quality.update_steps(spec, "tandem-torch", 2)
+    x = quality.update_steps(spec, "tandem", 2)
     assert x.tolist() == [0, 1, 3]
+    entry = quality.new_entry(spec)
+    assert entry["static"]["uniform"] == entry["static"]["natural"]  # equal domain sizes
+    assert entry["known"]["noise"] == "noise" and len(entry["grid"]) == 10
 
 
 def fake_entry(seed):
     """Results of one seed, made up: the grid's best is target_like alone."""
     rng = np.random.default_rng(seed)
     domains = ("easy", "noise", "related", "restricted", "target_like")
-    grid = [quality._key(a) for a in quality.grid(5, 2)]
+    grid = [quality._key(a) for a in quality.grid(5, 2, without=1)]
     uniform = quality._key(np.ones(5))
     learned = quality._key([0.02, 0.02, 0.2, 0.16, 0.6])
 
@@ -136,13 +141,14 @@ def fake_entry(seed):
         loss = 2.0 - alpha[4] + rng.normal(0, 0.01)
         return {"target": loss, "domains": dict.fromkeys(domains, loss), "curve": [(2, loss)]}
 
-    fresh = {a: result(a) for a in [*grid, uniform, learned]}
+    fresh = {(b, a): result(a) for a in [*grid, uniform, learned] for b in quality.BACKENDS}
     traj = np.tile(np.asarray(learned), (3, 1))
     spec = {"steps": 75, "tandem": {}}
     return {
         "spec": spec,
         "domains": domains,
-        "static": {"uniform": uniform, "natural": uniform},
+        "known": {"noise": "noise", "up": ["target_like"]},
+        "static": dict.fromkeys(quality.STATIC, uniform),
         "grid": grid,
         "fresh": fresh,
         "learned": {
@@ -155,11 +161,13 @@ def fake_entry(seed):
 def test_quality_summary_goals_and_plots(tmp_path):
     entries = [fake_entry(s) for s in range(3)]
     report = quality.Report()
-    stats = quality.summarize(report, "planted", entries)
-    quality.goals(report, "planted", stats, entries[0]["domains"])
+    stats = quality.summarize(report, entries)
+    quality.goals(report, "restricted", stats, 1)
     text = report.text()
-    assert "[met] tandem-torch beats uniform" in text
-    assert "[met] tandem-jax noise weight < 0.05: 0.020" in text
-    assert "[NOT met] tandem-torch regret <= 10% of uniform's" in text
-    paths = quality.plot("planted", entries, stats, tmp_path)
+    assert "[met] tandem (torch) beats uniform (torch) on every seed" in text
+    assert "[met] tandem (jax) noise weight < 0.05: 0.020" in text
+    assert "[NOT met] tandem (torch) regret <= 5% of uniform's" in text
+    # learned 0.6 on the only target-relevant domain, the oracle 1.0
+    assert "[NOT met] tandem (jax) target-relevant weight within 0.1 of the oracle's" in text
+    paths = quality.plot("planted", entries, tmp_path)
     assert all(Path(p).stat().st_size > 1000 for p in paths)
