@@ -10,13 +10,18 @@ layout, timed on every rank (the slowest rank's time is the job's):
 - ``sharded``: ``torch.distributed.checkpoint``, each rank writes its own shards
   (``backend.checkpoint = "sharded"``).
 
+With ``--jax``, JAX rows (``_checkpoint_jax.py``) do the same on 2 JAX processes
+(``jax.distributed``, one CPU device each): npz vs orbax shards. Off by default: the JAX twins
+are replicated, so each process holds the whole state (about 2 GB of float32 arrays at the
+default size, both twins and their AdamW moments) and the save's copies on top.
+
 Peak memory is the resident memory above its level before the save, sampled every 1 ms
 (``tandem_adapters.bench.peak_rss_during``), next to the rank's own shard: the bytes of its
 local parameter and optimizer-state shards of both twins. Goal: during a sharded save a rank
 holds at most 1.2x its shard (the shard plus at most 20% more), where npz gathers the whole
 model. Usage:
 
-    python benchmarks/checkpoint.py [--d-model 768 --n-layer 12] [--write]
+    python benchmarks/checkpoint.py [--d-model 768 --n-layer 12] [--jax] [--write]
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _checkpoint_jax
 import _common
 from _common import Report
 
@@ -167,7 +173,10 @@ def measure(args: argparse.Namespace) -> list[dict]:
     try:
         out = root / "rows.json"
         mp.spawn(_rank_main, args=(2, _free_port(), str(out), args), nprocs=2, join=True)
-        return json.loads(out.read_text())
+        rows = json.loads(out.read_text())
+        if args.jax:
+            rows += _checkpoint_jax.measure(args, root, __file__)
+        return rows
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -178,6 +187,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-layer", type=int, default=12)
     p.add_argument("--n-head", type=int, default=12)
     p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--jax", action="store_true", help="also 2 JAX processes: npz vs orbax")
+    p.add_argument("--jax-worker", metavar="OUT", help=argparse.SUPPRESS)  # one JAX process
     p.add_argument("--write", action="store_true", help="update RESULTS.md")
     return p.parse_args(argv)
 
@@ -187,15 +198,21 @@ def main(argv: list[str] | None = None) -> Report:
 
     args = parse(argv)
     _common.setup_env()
+    if args.jax_worker:
+        _checkpoint_jax.worker(args.jax_worker, args)
+        return Report()
     start = time.perf_counter()
     report = Report()
     rows = measure(args)
     p = rows[0]["params"]
-    report(
+    setup = (
         f"setup: tiny GPT d={args.d_model} L={args.n_layer} heads={args.n_head}, {p / 1e6:.1f}M "
         "float32 parameters per twin, AdamW (two twins, two optimizer states), FSDP over 2 gloo "
         "ranks on this machine, torch; after 2 proxy steps"
     )
+    if args.jax:
+        setup += "; jax: 2 processes (jax.distributed), one CPU device each, twins replicated"
+    report(setup)
     for r in rows:
         r["ratio"] = (r["shard_mib"] + r["peak_mib"]) / r["shard_mib"]
     cols = [
@@ -217,7 +234,7 @@ def main(argv: list[str] | None = None) -> Report:
         "load = the format's read plus MixtureRun.load_state_dict into a fresh run"
     )
     by = {(r["format"], r["rank"]): r for r in rows}
-    worst = max(by[("sharded", k)]["ratio"] for k in (0, 1))
+    worst = max(by[("sharded", k)]["ratio"] for k in (0, 1))  # torch FSDP: sharded twins
     report.goal(
         "sharded save: peak memory per rank <= 1.2x the rank's shard",
         worst <= 1.2,

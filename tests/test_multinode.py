@@ -2,12 +2,14 @@
 
 torch: each node is ``torchrun --nnodes 2`` with a c10d rendezvous, one rank each, running
 ``-m tandem_adapters.cli optimize`` on one shared run directory (rank 0 writes it). JAX: two
-processes joined by ``jax.distributed`` (``backend.distributed`` with the coordinator keys), each
-with two CPU devices.
+processes joined by ``jax.distributed`` (the ``JAX_*`` environment), each with two CPU devices,
+one ``data`` mesh over all four: every process computes half of each batch (``jax_job.py``
+reports the shards it placed), and orbax writes the sharded checkpoints.
 """
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,8 +25,13 @@ TORCH_JOB = small_job(
     'run.backend="torch"', 'train.dtype="float64"', "backend.threads=1", "train.log_every=2"
 )
 JAX_JOB = small_job(
-    'run.backend="jax"', 'train.dtype="float64"', "train.log_every=2", "train.steps=24"
+    'run.backend="jax"',
+    'train.dtype="float64"',
+    "train.log_every=2",
+    "train.steps=24",
+    "train.free_steps=2",
 )
+JAX_JOB_SCRIPT = str(Path(__file__).with_name("jax_job.py"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 JAX_ENV = {**ENV, "JAX_PLATFORMS": "cpu", "JAX_ENABLE_X64": "1"}
 
@@ -181,13 +188,13 @@ def test_torch_sigterm_to_the_other_node_stops_every_rank_with_a_checkpoint(tmp_
     assert rows and rows[-1]["step"] < 60  # it did stop early
 
 
-def _jax_env(port: int, process_id: int) -> dict:
-    """Process ``process_id`` of 2 on 127.0.0.1, with two CPU devices of its own."""
+def _jax_env(port: int, process_id: int, processes: int = 2) -> dict:
+    """Process ``process_id`` of ``processes`` on 127.0.0.1, with two CPU devices of its own."""
     return {
         **JAX_ENV,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
         "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-        "JAX_NUM_PROCESSES": "2",
+        "JAX_NUM_PROCESSES": str(processes),
         "JAX_PROCESS_ID": str(process_id),
     }
 
@@ -197,32 +204,118 @@ def _jax_cli(run_dir: Path, *items: str) -> list[str]:
     return [sys.executable, "-m", "tandem_adapters.cli", "optimize", *sets, "-q"]
 
 
-@pytest.fixture
-def jax_cache(request, monkeypatch):
-    """The subprocesses share the session's JAX compilation cache (compile once, not 3 times)."""
-    cache = str(request.config.cache.mkdir("jax-compilation"))
-    monkeypatch.setitem(JAX_ENV, "JAX_COMPILATION_CACHE_DIR", cache)
-    monkeypatch.setitem(JAX_ENV, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    monkeypatch.setitem(JAX_ENV, "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-
-
-@pytest.mark.usefixtures("jax_cache")
-def test_jax_two_processes_equal_one_process(tmp_path):
-    """Each process runs the whole batch on its own two devices: no cross-host sharding yet."""
-    pytest.importorskip("jax")
-    two, one = tmp_path / "two", tmp_path / "one"
+def _jax_job(
+    run_dir: Path, *items: str, processes: int = 2, die_at_save: int = 0, extra: tuple = ()
+) -> list[tuple[subprocess.Popen, Path]]:
+    """``processes`` JAX processes of one job (``jax_job.py``: the CLI plus a report each)."""
     port = _free_port()
-    cmd = _jax_cli(two, "backend.distributed=true", "backend.devices=2")
-    procs = [
-        subprocess.Popen(
-            cmd, env=_jax_env(port, i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    sets = set_args(*JAX_JOB, f"run.run_dir={json.dumps(str(run_dir))}", *items)
+    sets += set_args("backend.distributed=true", "backend.devices=2")
+    die = ("--die-at-save", str(die_at_save)) if die_at_save else ()
+    out = []
+    for i in range(processes):
+        report = run_dir.with_name(f"{run_dir.name}-report{i}.json")
+        report.unlink(missing_ok=True)  # an earlier job's on the same run directory
+        cmd = [sys.executable, JAX_JOB_SCRIPT, str(report), *die, "--", "optimize", *sets, "-q"]
+        env = _jax_env(port, i, processes)
+        proc = subprocess.Popen(
+            [*cmd, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        for i in range(2)
-    ]
+        out.append((proc, report))
+    return out
+
+
+def _jax_finish(job: list, *, ok: bool = True) -> list[dict]:
+    """Wait for every process of ``job``; with ``ok`` each must exit 0. Returns the reports."""
+    procs = [proc for proc, _ in job]
     try:
-        _finish(procs)
+        if ok:
+            _finish(procs)
+        else:
+            for proc in procs:
+                _, err = proc.communicate(timeout=300)
+                assert proc.returncode != 0, err[-3000:]
     finally:
         _kill_all(procs)
+    return [json.loads(report.read_text()) for _, report in job if report.exists()]
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    """metrics.jsonl's rows less the wall-clock times: equal rows are bit-identical numbers."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def jax_two(tmp_path_factory, request):
+    """One uninterrupted 2-process JAX job (two CPU devices each) and its reports."""
+    pytest.importorskip("jax")
+    cache = str(request.config.cache.mkdir("jax-compilation"))
+    with pytest.MonkeyPatch.context() as mp:  # the subprocesses compile once, not once each
+        mp.setitem(JAX_ENV, "JAX_COMPILATION_CACHE_DIR", cache)
+        mp.setitem(JAX_ENV, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        mp.setitem(JAX_ENV, "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+        run_dir = tmp_path_factory.mktemp("jax") / "two"
+        yield run_dir, _jax_finish(_jax_job(run_dir))
+
+
+def test_jax_two_processes_shard_the_batch_and_equal_one_process(jax_two, tmp_path):
+    """One mesh over both processes: each computes half of every batch; one process's mixture."""
+    two, reports = jax_two
+    one = tmp_path / "one"
     solo = subprocess.run(_jax_cli(one), env=JAX_ENV, capture_output=True, text=True, timeout=300)
     assert solo.returncode == 0, solo.stderr[-3000:]
     np.testing.assert_allclose(_mixture(two)["trajectory"], _mixture(one)["trajectory"], rtol=1e-6)
+    assert len(_mixture(one)["trajectory"]) > 2  # several mixture updates
+    assert sorted(r["process"] for r in reports) == [0, 1]
+    for report in reports:
+        assert report["processes"] == 2 and report["any"] is True  # process 1 said True
+        assert report["rows"], report
+        for rows, local in report["rows"]:  # train, val and eval batches alike
+            assert local == [rows // 4, rows // 4], (rows, local)  # 2 devices here, 4 in all
+
+
+def test_jax_sharded_checkpoints_two_processes_resume_on_two_and_on_one(jax_two, tmp_path):
+    """orbax shards: a save killed on both processes is ignored; 2 -> 2 bitwise, 2 -> 1 close."""
+    pytest.importorskip("orbax.checkpoint")
+    two, _ = jax_two
+    cut = tmp_path / "cut"
+    items = ('backend.checkpoint="sharded"', "run.checkpoint_every=8")
+    _jax_finish(_jax_job(cut, *items, die_at_save=16), ok=False)
+    shards = cut / "checkpoint.sharded"
+    assert sorted(os.listdir(shards)) == ["step-16.tmp", "step-8"]  # no marker: ignored
+    assert not (cut / "mixture.json").exists()
+    wrote = sorted(os.listdir(shards / "step-8" / "shards" / "array_metadatas"))
+    assert wrote == ["process_0", "process_1"]  # each process wrote its part
+    alone = tmp_path / "alone"
+    shutil.copytree(cut, alone)
+    # 2 -> 2: the same run, bit for bit (every loss and weight of metrics.jsonl)
+    _jax_finish(_jax_job(cut, *items, extra=("--resume",)))
+    assert _rows(cut) == _rows(two)
+    assert _mixture(cut)["trajectory"] == _mixture(two)["trajectory"]
+    assert sorted(os.listdir(shards)) == ["step-24"]
+    # 2 -> 1: one process with two devices finishes the run (float64 sums in another order)
+    _jax_finish(_jax_job(alone, *items, processes=1, extra=("--resume",)))
+    np.testing.assert_allclose(
+        _mixture(alone)["trajectory"], _mixture(two)["trajectory"], rtol=1e-6
+    )
+
+
+def test_jax_sigterm_to_one_process_stops_both_with_a_checkpoint(jax_two, tmp_path):
+    """Process 1 alone is signalled; the processes agree to stop, save, and resume exactly."""
+    two, _ = jax_two
+    cut = tmp_path / "cut"
+    job = _jax_job(cut, "run.stop_check_every=2")
+    try:
+        wait_for_rows(cut / "metrics.jsonl", 3, job[0][0])
+        job[1][0].send_signal(signal.SIGTERM)
+        errs = [proc.communicate(timeout=120)[1] for proc, _ in job]
+    finally:
+        _kill_all([proc for proc, _ in job])
+    assert all(proc.returncode != 0 for proc, _ in job)
+    said = "\n".join(errs)
+    assert "stopped by another process" in said and "stopped by signal 15" in said, said[-3000:]
+    assert (cut / "checkpoint.npz").exists() and not (cut / "mixture.json").exists()
+    assert _rows(cut)[-1]["step"] < 24  # it did stop early
+    _jax_finish(_jax_job(cut, "run.stop_check_every=2", extra=("--resume",)))
+    assert _rows(cut) == _rows(two)

@@ -330,7 +330,7 @@ def test_job_with_sharded_checkpoints_resumes_bitwise(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="killed"):
         optimize(config(tmp_path / "run"), echo=lambda *a: None)
     monkeypatch.setattr(RunDir, "append_metrics", append)
-    assert os.listdir(tmp_path / "run" / "checkpoint.dcp") == ["step-20"]
+    assert os.listdir(tmp_path / "run" / "checkpoint.sharded") == ["step-20"]
     resumed = optimize(config(tmp_path / "run"), resume=True, echo=lambda *a: None)
     np.testing.assert_array_equal(resumed.trajectory, whole.trajectory)
     assert not (tmp_path / "run" / "checkpoint.npz").exists()

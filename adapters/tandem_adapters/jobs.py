@@ -288,7 +288,8 @@ def _execute(
     """Resume (same config and data only) or start, run, checkpoint; a failed run frees ``rd``."""
     from .fingerprint import check_resume, plain
 
-    # backend.checkpoint="sharded" (torch): every rank writes its shards under checkpoint.dcp
+    # backend.checkpoint="sharded": every process writes its shards under checkpoint.sharded (its
+    # backend's library: torch.distributed.checkpoint, orbax), process 0 the host state
     sharded = getattr(run.engine, "checkpoint_format", "npz") == "sharded"
     where = rd.shards if sharded else rd.checkpoint
     try:

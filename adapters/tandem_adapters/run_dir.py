@@ -1,4 +1,9 @@
-"""The run directory: config.toml, mixture.json, metrics.jsonl, mixture.png, checkpoint.npz.
+"""The run directory: config.toml, mixture.json, metrics.jsonl, mixture.png, the checkpoint.
+
+The checkpoint is checkpoint.npz (one file, by process 0), or with ``backend.checkpoint =
+"sharded"`` the folder checkpoint.sharded/ (``step-N/`` folders: every process's shards, written
+by its backend's library, and process 0's host state; ``tandem_core.run.sharded``), one scheme
+for every backend.
 
 One live run owns a directory: it holds an exclusive lock on ``run_dir/.lock`` (``flock``; the
 file names the holder's pid, host and start time). The OS drops the lock when the process ends,
@@ -30,7 +35,7 @@ import numpy as np
 import tomli_w
 
 import tandem_core as tc
-from tandem_core.run import RunResult
+from tandem_core.run import RunResult, sharded
 from tandem_core.state import atomic_write, temp_files
 
 from .run_lock import RunDirLocked, RunLock, run_lock
@@ -116,7 +121,7 @@ class RunDir:
             raise FileNotFoundError(
                 f"--resume: no checkpoint at {self.checkpoint}{why if found else ''}"
             )
-        found += ["checkpoint.dcp"] if self.shards.is_dir() else []
+        found += [self.shards.name] if self.shards.is_dir() else []
         if found and not resume and not overwrite:
             hint = (
                 "pass --resume to continue it or --overwrite to replace it"
@@ -147,12 +152,11 @@ class RunDir:
     metrics = property(lambda self: self.path / "metrics.jsonl")
     plot = property(lambda self: self.path / "mixture.png")
     checkpoint = property(lambda self: self.path / "checkpoint.npz")
-    shards = property(lambda self: self.path / "checkpoint.dcp")  # backend.checkpoint="sharded"
+    shards = property(lambda self: self.path / "checkpoint.sharded")  # backend.checkpoint
 
     def has_checkpoint(self) -> bool:
-        """checkpoint.npz, or a complete step folder under checkpoint.dcp."""
-        steps = [p for p in self.shards.glob("step-*") if p.name[5:].isdigit()]  # no step-N.tmp
-        return self.checkpoint.exists() or any((p / "COMPLETE").is_file() for p in steps)
+        """checkpoint.npz, or a complete step folder under checkpoint.sharded."""
+        return self.checkpoint.exists() or sharded.latest(self.shards) is not None
 
     def write_config(self, mapping: dict) -> None:
         """The resolved configuration as TOML (``None`` values left out)."""
@@ -213,7 +217,11 @@ class RunDir:
         return tc.load_state(self.checkpoint), tc.read_metadata(self.checkpoint)
 
     def save_sharded(self, engine: Any, state: dict, *, step: int, metadata: dict) -> Path:
-        """A sharded checkpoint under checkpoint.dcp: EVERY rank calls it (read-only ones too)."""
+        """A sharded checkpoint under checkpoint.sharded: EVERY process calls it (read-only too).
+
+        The engine's backend writes it (``engine.save_sharded``): torch with
+        ``torch.distributed.checkpoint``, JAX with orbax; the step folders are the same.
+        """
         return engine.save_sharded(self.shards, state, step=step, metadata=metadata)
 
     def load_sharded(self, engine: Any) -> tuple[dict, dict]:

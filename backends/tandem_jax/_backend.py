@@ -22,6 +22,7 @@ from .engine import JaxEngine
 from .models import TinyGPT
 from .modules import ModelView, check_equinox
 from .options import JaxOptions
+from .placement import mesh_devices
 
 __all__ = ["JaxBackend"]
 
@@ -108,21 +109,20 @@ class JaxBackend:
         num_val_domains: int,
         options: JaxOptions,
     ) -> JaxEngine:
-        """A ``JaxEngine`` over this process's first ``options.devices`` devices (one if <= 1).
+        """A ``JaxEngine`` over the first ``options.devices`` devices of every process.
+
+        One process: its first ``options.devices`` devices (one, no mesh, if <= 1). A job of
+        several processes (``jax.distributed``): one ``data`` mesh over the first
+        ``max(options.devices, 1)`` devices of each process; each process then computes on its
+        own rows of every batch (docs/distributed.md).
 
         Raises:
-            ConfigError: more devices asked than JAX sees, or ``dtype="float64"`` without x64.
+            ConfigError: more devices asked than a process sees, or ``dtype="float64"`` without
+                x64.
         """
         devices = None
-        if options.devices > 1:
-            # this process's own devices: the engine puts host arrays on its mesh, which cannot
-            # span hosts; every process then computes the whole batch (the same mixture)
-            found = jax.local_devices()
-            if options.devices > len(found):
-                raise ConfigError(
-                    f"backend.devices={options.devices} but JAX sees {len(found)} device(s)"
-                )
-            devices = found[: options.devices]
+        if jax.process_count() > 1 or options.devices > 1:
+            devices = mesh_devices(max(options.devices, 1))
         return JaxEngine(
             model,
             config,

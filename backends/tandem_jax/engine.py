@@ -2,14 +2,17 @@
 
 The engine holds a static ``TwinSpec`` and the ``Twins`` pytree (the only state it swaps) and
 calls jitted pure functions (``twins.py``, ``signals.py``, ``weighted.py``). Batches enter with
-an explicit ``jax.device_put``, sharded over a ``data`` mesh axis when several devices are given
-(the compiler then reduces the statistics), and nothing is read back until the loop logs: the
-loop runs under ``jax.transfer_guard("disallow")`` (docs/architecture.md).
+an explicit ``jax.device_put`` per device (``placement.py``), sharded over a ``data`` mesh axis
+when several devices are given, on one process or several (each places only its own rows; the
+compiler then reduces the statistics), and nothing is read back until the loop logs: the loop
+runs under ``jax.transfer_guard("disallow")`` (docs/architecture.md, docs/distributed.md).
+With ``backend.checkpoint = "sharded"`` the twins go to orbax (``checkpoint.py``).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -18,16 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import tandem_core as tc
 from tandem_core import ConfigError
 from tandem_core.methods import Signal
 from tandem_core.run import TrainConfig
 
-from . import signals, twins, weighted
+from . import checkpoint, signals, twins, weighted
 from .optim import make_optimizer
 from .options import JaxOptions
+from .placement import Placement
 
 __all__ = ["JaxEngine"]
 
@@ -40,8 +43,9 @@ class JaxEngine:
         config: the training configuration.
         num_domains: M.
         num_val_domains: validation domains (default M).
-        options: the ``[backend]`` table (``fuse_twins``).
-        devices: devices of the ``data`` mesh axis (default: one device, no sharding).
+        options: the ``[backend]`` table (``fuse_twins``, ``checkpoint``).
+        devices: devices of the ``data`` mesh axis, possibly of several processes
+            (``placement.mesh_devices``; default: one device, no sharding).
         optimizer: ``f(config, lr) -> optax.GradientTransformation`` (default from ``config``).
     """
 
@@ -64,7 +68,9 @@ class JaxEngine:
         make = optimizer or make_optimizer
         self.config, self.dtype = config, jnp.dtype(config.dtype)
         self.reweight = config.sampling == "reweight"
-        self.mesh = Mesh(np.asarray(devices), ("data",)) if devices and len(devices) > 1 else None
+        self.checkpoint_format = options.checkpoint  # "npz" | "sharded"
+        self.placement = Placement(devices)
+        self.mesh = self.placement.mesh
         self.spec, state = twins.make_twins(
             model,
             make(config, config.lr),
@@ -76,28 +82,37 @@ class JaxEngine:
             fuse=options.fuse_twins,
             dtype=config.dtype,
         )
-        self.twins = self._replicate(state)
+        self.twins = self.placement.replicate(state)
         self.vocab_size = getattr(getattr(model, "cfg", None), "vocab_size", None)
-        self._jit = _Compiled(self.spec)
+        self._jit = _Compiled(self.spec, self.placement)
 
     # ------------------------------------------------------------------ placement
-    def _replicate(self, tree: Any) -> Any:
-        if self.mesh is None:
-            return tree
-        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
-
     def batch(self, host_batch: dict) -> dict:
-        """A host batch on device: rows sharded over the ``data`` axis, dtypes kept."""
-        spec = None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec("data"))
-        return {k: jax.device_put(np.asarray(v), spec) for k, v in host_batch.items()}
+        """A host batch on device: rows sharded over the ``data`` axis, dtypes kept.
+
+        In a job of several processes each one places only the rows its devices hold.
+        """
+        return self.placement.batch(host_batch)
 
     def to_device(self, tree: Any) -> Any:
         """A nest of host arrays on the device (replicated over the mesh), dtypes kept."""
-        return self._replicate(jax.tree.map(lambda a: jax.device_put(np.asarray(a)), tree))
+        return self.placement.replicate(tree)
 
     def init_mixture(self, transform: tc.MixtureTransform, num_domains: int) -> tc.MixtureState:
         """``transform.init`` as JAX arrays in the training dtype."""
-        return self._replicate(transform.init(num_domains, xp=jnp, dtype=self.dtype))
+        return self.placement.replicate(transform.init(num_domains, xp=jnp, dtype=self.dtype))
+
+    @property
+    def processes(self) -> int:
+        """Processes computing this run (those holding devices of the mesh; 1 without one)."""
+        return self.placement.processes
+
+    def any_process(self, flag: bool) -> bool:
+        """Whether any process passed ``flag`` (every process calls it: one small collective)."""
+        if self.placement.processes <= 1:
+            return bool(flag)
+        flags = self.placement.shard(np.full(self.placement.size, flag))  # ours: local rows
+        return bool(self._jit.any(flags))
 
     # ------------------------------------------------------------------ training
     def sync(self) -> None:
@@ -178,16 +193,16 @@ class JaxEngine:
     def anchor_refresh(self, scorer: Any, scorer_state: Any, batches: list[dict], step: int) -> Any:
         """``scorer.refresh`` with the proxy's pooled hidden states of ``batches`` (no grad)."""
         rows = len(batches[0]["tokens"]) if batches else 0
-        if self.mesh is not None and rows % self.mesh.size:
+        if rows % self.placement.size:
             raise ConfigError(
-                f"anchor batches of {rows} rows must divide by the {self.mesh.size} devices of "
-                "the data axis"
+                f"anchor batches of {rows} rows must divide by the {self.placement.size} devices "
+                "of the data axis"
             )
         acc = None
         for batch in batches:
             part = self._jit.anchor_sum(self.twins.proxy, self.batch(batch))
             acc = part if acc is None else tc.merge_anchor_sums(acc, part)
-        at = self._replicate(jax.device_put(np.asarray(step, dtype=np.int32)))
+        at = self.placement.replicate(np.asarray(step, dtype=np.int32))
         return self._jit.refresh(scorer_state, acc, at, scorer=scorer)
 
     # ------------------------------------------------------------------ reading
@@ -200,10 +215,8 @@ class JaxEngine:
         out = []
         for batch in batches:
             b = self.batch(batch)
-            loss, n = self._jit.loss(self.twins.proxy, b["tokens"], b["labels"])
-            keep = (n > 0).astype(loss.dtype)
-            out.append((loss * keep).sum() / jnp.maximum(keep.sum(), 1))
-        return np.asarray(jnp.stack(out), dtype=np.float64) if out else np.zeros(0)
+            out.append(self._jit.mean_loss(self.twins.proxy, b["tokens"], b["labels"]))
+        return np.asarray(jax.device_get(out), dtype=np.float64).reshape(len(out))
 
     def predict_logits(self, batch: dict) -> jax.Array:
         """The proxy's logits ``(B, T, V)`` on ``batch["tokens"]``, on device (jitted)."""
@@ -221,35 +234,27 @@ class JaxEngine:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        """Both models' and optimizers' leaves and the counters (structure from this engine)."""
-        t = self.twins
-        return {
-            "proxy": jax.tree.leaves(t.proxy),
-            "reference": jax.tree.leaves(t.reference),
-            "opt_u": jax.tree.leaves(t.opt_proxy),
-            "opt_w": jax.tree.leaves(t.opt_reference),
-            "counters": list(t.counters),
-        }
+        """Both models' and optimizers' leaves and the counters (``checkpoint.state_dict``).
+
+        With ``backend.checkpoint = "sharded"`` only the counters: the models and optimizer
+        states go to ``save_sharded``'s orbax shards.
+        """
+        return checkpoint.state_dict(self.twins, sharded=self.checkpoint_format == "sharded")
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore ``state_dict`` into this engine's tree structures."""
-        t = self.twins
+        """Restore ``state_dict`` into this engine's tree structures and placement."""
+        self.twins = checkpoint.load_state_dict(self.twins, state, self.to_device)
 
-        def load(like: Any, leaves: list) -> Any:
-            treedef = jax.tree.structure(like)
-            if treedef.num_leaves != len(leaves):
-                raise ValueError(
-                    f"checkpoint has {len(leaves)} leaves, the engine expects {treedef.num_leaves}"
-                )
-            return self.to_device(jax.tree.unflatten(treedef, [np.asarray(x) for x in leaves]))
+    def save_sharded(
+        self, root: str | os.PathLike, host_state: dict, *, step: int, metadata: dict | None = None
+    ) -> Any:
+        """``root/step-{step}``: every process's orbax shards plus process 0's ``host_state``."""
+        return checkpoint.save(root, step, host_state, self.twins, metadata=metadata)
 
-        self.twins = twins.Twins(
-            load(t.proxy, state["proxy"]),
-            load(t.reference, state["reference"]),
-            load(t.opt_proxy, state["opt_u"]),
-            load(t.opt_reference, state["opt_w"]),
-            load(t.counters, state["counters"]),
-        )
+    def load_sharded(self, root: str | os.PathLike) -> tuple[dict, dict]:
+        """Shards of the newest complete checkpoint into the twins; ``(host_state, metadata)``."""
+        self.twins, host, meta = checkpoint.load(root, self.twins)
+        return host, meta
 
 
 class _Compiled:
@@ -260,9 +265,12 @@ class _Compiled:
     process (and a task-mixture job or a benchmark builds many engines).
     """
 
-    def __init__(self, spec: twins.TwinSpec) -> None:
-        def bind(fn: Callable, *static: str) -> Callable:
-            return jax.jit(functools.partial(fn, spec), static_argnames=static)
+    def __init__(self, spec: twins.TwinSpec, placement: Placement) -> None:
+        def bind(fn: Callable, *static: str, **kw: Any) -> Callable:
+            return jax.jit(functools.partial(fn, spec), static_argnames=static, **kw)
+
+        # logits (B, T, V) are read on the host: whole on every process of a multi-process mesh
+        gather = {"out_shardings": placement.replicated} if placement.processes > 1 else {}
 
         self.probe = bind(twins.probe_impl, "gamma")
         self.step = bind(twins.step_impl, "model")
@@ -271,9 +279,17 @@ class _Compiled:
         self.weighted_step = bind(weighted.weighted_step, "scorer")
         self.anchor_sum = bind(weighted.anchor_sum)
         self.refresh = bind(weighted.refresh, "scorer")
-        self.loss = bind(twins.loss)
-        self.logits = bind(_logits)
+        self.mean_loss = bind(_mean_loss)
+        self.logits = bind(_logits, **gather)
         self.call = jax.jit(_call, static_argnums=0)
+        self.any = jax.jit(jnp.any)
+
+
+def _mean_loss(spec: twins.TwinSpec, params: Any, tokens: jax.Array, labels: jax.Array) -> Any:
+    """Mean per-sample loss over the samples with scored tokens: a scalar."""
+    loss, n = twins.loss(spec, params, tokens, labels)
+    keep = (n > 0).astype(loss.dtype)
+    return (loss * keep).sum() / jnp.maximum(keep.sum(), 1)
 
 
 def _call(fn: Callable[..., Any], *args: Any) -> Any:

@@ -11,12 +11,16 @@ from tandem_core.methods import check_fields
 
 __all__ = ["JaxOptions"]
 
+CHECKPOINT_FORMATS = ("npz", "sharded")
+
 
 @dataclass(frozen=True)
 class JaxOptions:
-    """How JAX runs a job: devices of the data axis, multi-host runtime, fused twins."""
+    """How JAX runs a job: devices of the data axis, multi-host runtime, fused twins, format."""
 
-    devices: int = 0  # devices of the "data" mesh axis (0 or 1: one device, no sharding)
+    # devices of each process on the "data" mesh axis (0 or 1: one each); the mesh spans every
+    # process of a jax.distributed job (one process with one device: no mesh)
+    devices: int = 0
     distributed: bool = False  # jax.distributed.initialize() (one process per host)
     # the multi-host job, when JAX cannot detect it (SLURM, Open MPI, TPU pods and GKE it can);
     # empty or -1: the environment variable, else JAX detects it
@@ -27,9 +31,16 @@ class JaxOptions:
     # deterministic XLA kernels on GPU (--xla_gpu_deterministic_ops, set before JAX starts its
     # backends); CPU runs are deterministic already
     deterministic: bool = True
+    # "npz": one file of whole arrays by process 0; "sharded": every process writes its shards
+    # with orbax (orbax-checkpoint; see checkpoint.py)
+    checkpoint: str = "npz"
 
     def __post_init__(self) -> None:
         check_fields(self, nonnegative=("devices",), prefix="backend.")
+        if self.checkpoint not in CHECKPOINT_FORMATS:
+            raise ConfigError(
+                f"backend.checkpoint={self.checkpoint!r} is not one of {CHECKPOINT_FORMATS}"
+            )
 
     def cluster(self) -> dict[str, Any]:
         """``jax.distributed.initialize`` keywords: the fields, else the environment, else none."""
