@@ -62,6 +62,7 @@ from .data import scored_counts as scored_counts
 from .data import split_rows as split_rows
 from .errors import ConfigError as ConfigError
 from .errors import NonFiniteError as NonFiniteError
+from .mixture import AlignmentStats as AlignmentStats
 from .mixture import MixtureState as MixtureState
 from .mixture import MixtureSummary as MixtureSummary
 from .mixture import MixtureTransform as MixtureTransform

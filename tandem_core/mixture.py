@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._transform import (
     MixtureState,
@@ -35,12 +35,14 @@ from .stages import (
 from .stages import smoothing as smoothing_stage
 
 __all__ = [
+    "AlignmentStats",
     "MixtureState",
     "check_mixture",
     "MixtureSummary",
     "MixtureTransform",
     "doge",
     "doremi",
+    "fixed",
     "mixture_summary",
     "mixture_transform",
     "natural",
@@ -51,6 +53,19 @@ __all__ = [
 
 STEPS = ("pgd", "eg")
 NORMALIZE = ("none", "rms")
+DOGE_NORMALIZE = ("reference", "none")
+CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s and DoGE's ``+ 1e-6`` in the norms
+
+
+class AlignmentStats(NamedTuple):
+    """What the alignment signal delivers (docs/architecture.md, the table of signals).
+
+    The backends measure it on the proxy u at one step's batches; ``doge`` reads it.
+    """
+
+    scores: Array  # (M,) float: <g_m, g_val>, g_m = grad L^m_train(u), g_val = grad L_val(u)
+    norms: Array  # (M,) float: ||g_m|| over all parameters
+    val_norm: Array  # () float: ||g_val|| over all parameters
 
 
 def _array_signal(stats: Any, *, xp: Any, like: Array) -> tuple[Array, Array]:
@@ -199,26 +214,124 @@ def doremi(
 
 
 def doge(
-    eta: float = 1.0, smoothing: float = 1e-3, missing: str = "carry", *, history: int = 0
+    eta: float = 1.0,
+    smoothing: float = 1e-3,
+    missing: str = "carry",
+    *,
+    normalize: str = "reference",
+    score_clip: float = 5.0,
+    domain_clip: float | None = 5.0,
+    history: int = 0,
 ) -> MixtureTransform:
     """DoGE (Fan et al. 2024): ``a <- a * exp(eta * W)`` renormalised, then smoothed toward uniform.
 
-    ``W_m = <grad L^m_train(u), sum_j grad L^j_val(u)>``, the per-domain gradient alignment,
-    computed by the backend.
+    docs/methods.md, "DoGE: Update". ``normalize="reference"`` (the reference code's scores,
+    Olivia-fsm/DoGE ``src/trainer.py``): each gradient's norm is clipped to ``domain_clip``
+    (``f = min(1, domain_clip / (||g|| + 1e-6))``), and with the clipped gradients
+
+        W_m = clip(<g_m, g_val> / (mean_i ||g_i|| + 1e-6), 0, score_clip)
+
+    This ``W`` is the reference's score divided by its learning rate ``lr_t``; it steps
+    ``log a += lr_t * W / mu``, so ``eta = lr / mu`` gives its step (the ``doge`` method passes
+    that). ``normalize="none"``: ``W_m = <g_m, g_val>`` as measured (its scale grows like
+    ``||g||^2``).
 
     Args:
         eta: step size > 0.
-        smoothing: ``c`` in ``[0, 1)``.
+        smoothing: ``c`` in ``[0, 1)`` (the reference code: 0).
         missing: ``carry | zero | skip``.
+        normalize: ``"reference"`` or ``"none"``.
+        score_clip: (reference) the upper clip of ``W`` (the reference's ``dw_max`` = 5).
+        domain_clip: (reference) the norm each per-domain and the validation gradient is
+            clipped to inside the scores (the reference's ``max_grad_norm`` = 5); ``None``: none.
         history: mixtures kept on device.
 
     Returns:
-        A ``MixtureTransform``; ``update(state, stats)`` takes alignment scores ``(M,)`` or
-        ``DomainStats`` of them.
+        A ``MixtureTransform``; ``update(state, stats)`` takes ``AlignmentStats`` (both forms),
+        or with ``normalize="none"`` also alignment scores ``(M,)`` or ``DomainStats`` of them.
+
+    Examples:
+        >>> import numpy as np
+        >>> t = doge(eta=1.0, smoothing=0.0)
+        >>> stats = AlignmentStats(np.array([2.0, -1.0]), np.array([1.0, 3.0]), np.array(1.0))
+        >>> t.update(t.init(2), stats).alpha.round(4).tolist()  # W = [1, 0]: 2 / mean(1, 3)
+        [0.7311, 0.2689]
     """
-    _check_positive(eta=eta)
-    stages = chain(exponentiated_gradient(eta), smoothing_stage(smoothing))
-    return mixture_transform(_mean_signal(-1.0, "doge"), stages, missing=missing, history=history)
+    _check_positive(eta=eta, score_clip=score_clip)
+    if domain_clip is not None:
+        _check_positive(domain_clip=domain_clip)
+    _check_choice("normalize", normalize, DOGE_NORMALIZE)
+    if normalize == "reference":
+        signal = _doge_reference_signal(score_clip, domain_clip)
+    else:
+        signal = _doge_plain_signal
+    stages = chain(exponentiated_gradient(eta), smoothing_stage(smoothing))  # c = 0: exact
+    return mixture_transform(signal, stages, missing=missing, history=history)
+
+
+def _doge_plain_signal(stats: Any, *, xp: Any, like: Array) -> tuple[Array, Array]:
+    if isinstance(stats, AlignmentStats):
+        stats = stats.scores
+    return _mean_signal(-1.0, "doge")(stats, xp=xp, like=like)
+
+
+def _doge_reference_signal(score_clip: float, domain_clip: float | None):
+    """``-W`` of the reference code's normalised scores (docs/methods.md, "DoGE: Update")."""
+
+    def signal(stats: Any, *, xp: Any, like: Array) -> tuple[Array, Array]:
+        if not isinstance(stats, AlignmentStats):
+            raise TypeError(
+                "doge(normalize='reference') reads AlignmentStats(scores, norms, val_norm), "
+                f"not {type(stats).__name__}: the gradient norms normalise the scores "
+                "(normalize='none' reads plain scores)"
+            )
+        dev = array_device(like)
+        scores, norms, val_norm = (xp.asarray(x, device=dev) for x in stats)
+        domain = _clip_factor(norms, domain_clip, xp=xp)
+        val = _clip_factor(val_norm, domain_clip, xp=xp)
+        mean_norm = xp.mean(norms * domain)
+        w = scores * domain * val / (mean_norm + CLIP_EPS)
+        w = xp.maximum(w, xp.zeros_like(w))
+        w = xp.minimum(w, xp.full(w.shape, score_clip, dtype=w.dtype, device=dev))
+        return -w, xp.ones(w.shape, dtype=xp.bool, device=dev)
+
+    return signal
+
+
+def _clip_factor(norm: Array, limit: float | None, *, xp: Any) -> Array:
+    """``min(1, limit / (norm + 1e-6))``: the scale ``clip_grad_norm_`` applies to a gradient."""
+    one = xp.ones_like(norm)
+    if limit is None:
+        return one
+    return xp.minimum(one, limit / (norm + CLIP_EPS))
+
+
+def fixed(weights: Sequence[float], *, history: int = 0) -> MixtureTransform:
+    """A static mixture ``alpha_m ∝ weights_m`` (zeros allowed; ``update`` only counts).
+
+    The mixture a reference model trains on (docs/methods.md, "DoReMi: Update").
+
+    Args:
+        weights: ``M`` finite weights ``>= 0`` with a positive sum.
+        history: mixtures kept on device.
+
+    Returns:
+        A ``MixtureTransform`` whose ``init`` must be called with ``num_domains == len(weights)``.
+    """
+    weights = [float(w) for w in weights]
+    if not weights or any(not 0 <= w < math.inf for w in weights) or not sum(weights) > 0:
+        raise ValueError(f"weights must be finite, >= 0 and not all 0, got {weights}")
+    total = sum(weights)
+    weights = [w / total for w in weights]
+
+    def initial(num_domains: int, *, xp: Any, dtype: Any, device: Any) -> Array:
+        if num_domains != len(weights):
+            raise ValueError(
+                f"weights has {len(weights)} domains but init got num_domains={num_domains}"
+            )
+        return xp.asarray(weights, dtype=dtype, device=device)
+
+    return mixture_transform(_no_signal, identity(), history=history, initial=initial)
 
 
 def uniform(*, history: int = 0) -> MixtureTransform:

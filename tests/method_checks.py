@@ -22,6 +22,7 @@ from tandem_core.run import MixtureRun
 from tandem_core.run.gpt import init_gpt_params
 
 SIZES = [3000.0, 1000.0, 6000.0, 500.0]
+LR = 3e-3  # the proxy's learning rate, a run fact (DoGE's reference step reads it)
 
 
 def fake_signal(signal: Signal, xp, m: int, rng: np.random.Generator):
@@ -33,14 +34,19 @@ def fake_signal(signal: Signal, xp, m: int, rng: np.random.Generator):
     if signal is Signal.TWIN:
         return tc.TwinStats(tc.domain_stats(losses(), ids, m), tc.domain_stats(losses(), ids, m))
     if signal is Signal.ALIGNMENT:
-        return asarray(xp, rng.normal(size=m) * 1e-2)
+        norms = rng.uniform(0.1, 10.0, size=m)
+        return tc.AlignmentStats(
+            asarray(xp, rng.normal(size=m) * norms),
+            asarray(xp, norms),
+            asarray(xp, np.asarray(rng.uniform(0.1, 10.0))),
+        )
     return tc.domain_stats(losses(), ids, m)  # per-domain losses / excess losses
 
 
 def check_transform(method: Method, xp, updates: int = 30) -> None:
     m = len(SIZES)
     params = method.make_params()
-    transform = method.build(params, sizes=SIZES, history=8, num_domains=m, updates=updates)
+    transform = method.build(params, sizes=SIZES, history=8, num_domains=m, updates=updates, lr=LR)
     state = transform.init(m, xp=xp, dtype=xp.float64)
     update = jit(xp, transform.update)
     rng = np.random.default_rng(0)

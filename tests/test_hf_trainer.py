@@ -264,6 +264,24 @@ def test_a_method_record_and_its_params_dataclass(tmp_path):
     assert trainer.mixture_summary().trajectory.shape[0] == 2  # steps 0 and 2
 
 
+def test_reference_phase_mixture_and_one_round(tmp_path):
+    # docs/methods.md, "DoReMi": the reference trains on the natural mixture by default
+    sampler = TokenSampler(make_suite("planted"), SEQ_LEN, seed=0)
+    trainer = TandemTrainer(
+        model=_model(), args=_args(tmp_path, 4), sampler=sampler, method="doremi"
+    )
+    sizes = np.asarray(sampler.domain_sizes(), dtype=float)
+    np.testing.assert_allclose(trainer.reference_mixture, sizes / sizes.sum())
+    with pytest.raises(tc.ConfigError, match="runs one round"):
+        TandemTrainer(
+            model=_model(),
+            args=_args(tmp_path, 4),
+            sampler=sampler,
+            method="doremi",
+            method_params={"rounds": 2},
+        )
+
+
 def test_alignment_refuses_what_it_cannot_measure(tmp_path):
     sampler = TokenSampler(make_suite("planted"), SEQ_LEN, seed=0)
     with pytest.raises(tc.ConfigError, match="alignment"):

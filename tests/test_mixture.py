@@ -109,7 +109,7 @@ def test_doremi_three_domains_by_hand(xp):
 
 
 def test_doge_hand(xp):
-    t = tc.doge(eta=0.5, smoothing=0.0)
+    t = tc.doge(eta=0.5, smoothing=0.0, normalize="none")
     w = np.array([1.0, -1.0, 0.0])
     state = t.update(_state(t, xp, 3), asarray(xp, w))
     assert_close(state.alpha, eg_reference(np.full(3, 1 / 3), -w, 0.5), xp=xp)
@@ -136,7 +136,8 @@ TRANSFORMS = {
     "tandem_rms": lambda: tc.tandem(eta_alpha=0.3, step="eg", normalize="rms"),
     "tandem_skip": lambda: tc.tandem(eta_alpha=5.0, missing="skip"),
     "doremi": lambda: tc.doremi(),
-    "doge": lambda: tc.doge(eta=2.0),
+    "doge": lambda: tc.doge(eta=2.0, normalize="none"),
+    "doge_reference": lambda: tc.doge(eta=0.5, domain_clip=1.0),
     "uniform": lambda: tc.uniform(),
 }
 
@@ -144,6 +145,10 @@ TRANSFORMS = {
 def _random_stats(name, xp, rng, m=6, b=10):
     ids = asarray(xp, rng.integers(0, m, size=b))
     make = lambda: tc.domain_stats(asarray(xp, rng.gamma(2.0, size=b)), ids, m)  # noqa: E731
+    if name == "doge_reference":  # scores, gradient norms and the validation norm
+        norms = rng.gamma(2.0, size=m)
+        scores = rng.normal(size=m) * norms
+        return tc.AlignmentStats(*(asarray(xp, x) for x in (scores, norms, np.array(1.5))))
     return tc.TwinStats(make(), make()) if name.startswith("tandem") else make()
 
 
@@ -165,6 +170,9 @@ def test_equal_signals_keep_alpha_uniform(xp, name):
     m = 5
     equal = tc.domain_stats(asarray(xp, np.full(m, 2.5)), asarray(xp, np.arange(m)), m)
     stats = tc.TwinStats(equal, equal) if name.startswith("tandem") else equal
+    if name == "doge_reference":
+        full = asarray(xp, np.full(m, 2.5))
+        stats = tc.AlignmentStats(full, full, asarray(xp, np.array(2.5)))
     state = _state(t, xp, m)
     for _ in range(3):
         state = t.update(state, stats)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from method_checks import SIZES
+from method_checks import LR, SIZES
 from reference import project_simplex_bisection, simplex_errors
 from utils import asarray, jit, name_of
 
@@ -22,7 +22,7 @@ from tandem_core.methods import Signal, all_methods
 
 SUM_TOL = {"float32": 1e-6, "float64": 1e-12}
 PROJECTION_ROWS = {2: 2500, 3: 2500, 5: 2500, 16: 2500}  # 10,000 cases per dtype and floor
-UPDATES = 1500  # per transform: 7 transforms, 10,500 update cases per namespace
+UPDATES = 1500  # per transform: 8 transforms, 12,000 update cases per namespace
 
 
 def extreme(rng: np.random.Generator, rows: int, m: int) -> np.ndarray:
@@ -56,9 +56,10 @@ def test_projection_is_on_the_simplex_for_every_finite_input(xp, dtype, floor):
 
 
 def _transforms():
-    made = [(m.name, m.signal, m.transform(m.make_params(), sizes=SIZES)) for m in all_methods()]
+    made = [(m.name, m.signal, m.build(m.make_params(), sizes=SIZES, lr=LR)) for m in all_methods()]
     paper = tc.tandem(step="pgd", normalize="none", floor=0.02)  # the paper's update, floored
-    return made + [("tandem_paper_floor", Signal.TWIN, paper)]
+    raw = tc.doge(eta=1.0, normalize="none")  # DoGE's unnormalised form
+    return made + [("tandem_paper_floor", Signal.TWIN, paper), ("doge_none", Signal.ALIGNMENT, raw)]
 
 
 def _signals(signal: Signal, xp, m: int, rng: np.random.Generator, dtype: str):
@@ -67,8 +68,11 @@ def _signals(signal: Signal, xp, m: int, rng: np.random.Generator, dtype: str):
         return [None] * UPDATES
     sums = [extreme(rng, UPDATES, m).astype(dtype) for _ in range(2)]
     counts = rng.integers(0, 4, size=(UPDATES, m)).astype(dtype)  # 0: the domain is missing
-    if signal is Signal.ALIGNMENT:
-        return [asarray(xp, row) for row in sums[0]]
+    if signal is Signal.ALIGNMENT:  # scores, gradient norms (>= 0), the validation norm
+        return [
+            tc.AlignmentStats(asarray(xp, s), asarray(xp, np.abs(n)), asarray(xp, np.abs(n[0])))
+            for s, n in zip(*sums)
+        ]
 
     def stats(k: int, i: int) -> tc.DomainStats:
         return tc.DomainStats(asarray(xp, sums[k][i]), asarray(xp, counts[i]))

@@ -1,7 +1,8 @@
 """Per-domain gradients with ``jax.vmap(jax.grad)``: the alignment signal (docs/methods.md).
 
-``W_m = <grad L^m_train(u), grad L_val(u)>`` reads the gradient of each domain's mean loss, and the
-step then reuses those gradients (``sum_m alpha_m g_m``).
+The signal ``tc.AlignmentStats`` holds ``<grad L^m_train(u), grad L_val(u)>`` and the norms of
+those gradients; it reads the gradient of each domain's mean loss, and the step then reuses those
+gradients (``sum_m alpha_m g_m``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 
 import tandem_core as tc
 
-__all__ = ["alignment_gradients", "alignment_scores", "domain_gradients", "validation_gradient"]
+__all__ = ["alignment_gradients", "alignment_stats", "domain_gradients", "validation_gradient"]
 
 LossFn = Callable[
     [Any, jax.Array, jax.Array], tuple
@@ -81,10 +82,19 @@ def alignment_gradients(
     return grads, validation_gradient(losses, params, val, v), loss, n
 
 
-def alignment_scores(grads: Any, val_grad: Any, m: int) -> jax.Array:
-    """``W_m = <g_m, g_val>`` summed over all parameters: float ``(M,)``."""
-    return sum(
-        jax.tree.leaves(
-            jax.tree.map(lambda g, vg: g.reshape(m, -1) @ vg.reshape(-1), grads, val_grad)
-        )
-    )
+def alignment_stats(grads: Any, val_grad: Any, m: int) -> tc.AlignmentStats:
+    """``<g_m, g_val>`` ``(M,)``, ``||g_m||`` ``(M,)`` and ``||g_val||`` ``()`` over all parameters.
+
+    Args:
+        grads: per-domain gradients, leaves ``(M, ...)``.
+        val_grad: the validation gradient, the same leaves without the domain axis.
+        m: training domains.
+    """
+
+    def total(tree: Any) -> jax.Array:
+        return sum(jax.tree.leaves(tree))
+
+    scores = total(jax.tree.map(lambda g, vg: g.reshape(m, -1) @ vg.reshape(-1), grads, val_grad))
+    squares = total(jax.tree.map(lambda g: jnp.sum(jnp.square(g.reshape(m, -1)), axis=1), grads))
+    val_squares = total(jax.tree.map(lambda g: jnp.sum(jnp.square(g)), val_grad))
+    return tc.AlignmentStats(scores, jnp.sqrt(squares), jnp.sqrt(val_squares))

@@ -4,8 +4,9 @@
 measures the signal on the whole batch FIRST, updates the mixture, then trains with the new
 alpha (never a stale mixture); ``measure`` measures and updates without training. The signals:
 ``TWIN`` (both twins' statistics, with Delta and the twin distance as diagnostics), ``EXCESS_LOSS``
-(per-token ``max(l_u - l_w, 0)`` against the frozen reference w), ``ALIGNMENT`` (per-domain
-gradient alignment; its step reuses the per-domain gradients), ``PROXY_LOSSES`` and ``NONE``.
+(per-token ``max(l_u - l_w, 0)`` against the frozen reference w), ``ALIGNMENT``
+(``tc.AlignmentStats``: per-domain gradient alignment and gradient norms; its step reuses the
+per-domain gradients), ``PROXY_LOSSES`` and ``NONE``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tandem_core.methods import Signal
 
 from ._core import Twins, TwinSpec, loss, train_model, twin_distance, twin_stats
 from ._ops import apply_updates, count, domain_stats, scan_sum, segment_sum
-from .grads import alignment_gradients, alignment_scores
+from .grads import alignment_gradients, alignment_stats
 from .models import token_losses
 
 __all__ = ["measure", "signal_step"]
@@ -61,7 +62,7 @@ def _proxy_losses(spec: TwinSpec, twins: Twins, batch: dict) -> tc.DomainStats:
 
 
 def _alignment(spec: TwinSpec, twins: Twins, train: dict, val: dict) -> tuple:
-    """``(per-domain grads (M, ...), scores (M,), losses (B,), scored (B,))`` of u."""
+    """``(per-domain grads (M, ...), AlignmentStats, losses (B,), scored (B,))`` of u."""
     if val is None:
         raise ValueError("the alignment signal reads a validation batch: pass val")
     m = spec.num_domains
@@ -69,7 +70,7 @@ def _alignment(spec: TwinSpec, twins: Twins, train: dict, val: dict) -> tuple:
     grads, val_grad, per, n = alignment_gradients(
         losses, twins.proxy, train, val, m, spec.num_val_domains
     )
-    return grads, alignment_scores(grads, val_grad, m), per, n
+    return grads, alignment_stats(grads, val_grad, m), per, n
 
 
 def _signal(spec: TwinSpec, twins: Twins, signal: Signal, batch: dict, val: Any) -> Any:
@@ -120,9 +121,9 @@ def _alignment_step(
     spec: TwinSpec, twins: Twins, batch: dict, val: dict, state: Any, update: Callable | None
 ) -> tuple:
     """The proxy steps on ``sum_m alpha_m g_m``, reusing the gradients that gave the scores."""
-    grads, scores, per, n = _alignment(spec, twins, batch, val)
+    grads, stats, per, n = _alignment(spec, twins, batch, val)
     if update is not None:
-        state = update(state, scores)
+        state = update(state, stats)
     combined = jax.tree.map(lambda g: jnp.tensordot(state.alpha.astype(g.dtype), g, axes=1), grads)
     pu, ou, bad = apply_updates(
         spec.tx_proxy, twins.proxy, twins.opt_proxy, combined, spec.exact_skip

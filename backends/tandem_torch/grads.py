@@ -1,7 +1,8 @@
 """Per-domain gradients with ``torch.func``: the alignment signal (docs/methods.md).
 
-``W_m = <grad L^m_train(u), grad L_val(u)>`` needs each domain's gradient separately; they come
-from one ``vmap`` over the domains' sub-batches, and the proxy's step then reuses them.
+The signal ``tc.AlignmentStats`` holds ``<grad L^m_train(u), grad L_val(u)>`` and the norms of
+those gradients; it needs each domain's gradient separately; they come from one ``vmap`` over the
+domains' sub-batches, and the proxy's step then reuses them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import tandem_core as tc
 
 from .models import logits_and_hidden, per_sample_loss
 
-__all__ = ["alignment_gradients", "domain_gradients", "validation_gradient"]
+__all__ = ["alignment_gradients", "alignment_stats", "domain_gradients", "validation_gradient"]
 
 
 def _segment_sum(data: torch.Tensor, ids: torch.Tensor, num_segments: int) -> torch.Tensor:
@@ -85,3 +86,16 @@ def alignment_gradients(module: nn.Module, train: dict, val: dict, m: int, v: in
     """
     grads, losses, n = domain_gradients(module, train, m)
     return grads, validation_gradient(module, val, v), losses, n
+
+
+def alignment_stats(grads: dict, val_grad: dict) -> tc.AlignmentStats:
+    """``<g_m, g_val>`` ``(M,)``, ``||g_m||`` ``(M,)`` and ``||g_val||`` ``()`` over all parameters.
+
+    Args:
+        grads: per-domain gradients ``{name: (M, ...)}``.
+        val_grad: the validation gradient ``{name: (...)}``.
+    """
+    scores = sum(g.flatten(1) @ val_grad[k].flatten() for k, g in grads.items())
+    squares = sum(g.flatten(1).square().sum(1) for g in grads.values())
+    val_squares = sum(g.square().sum() for g in val_grad.values())
+    return tc.AlignmentStats(scores, squares.sqrt(), val_squares.sqrt())

@@ -35,6 +35,8 @@ from tandem_core.methods import (
     get_method,
     planned_updates,
 )
+from tandem_core.mixture import fixed
+from tandem_core.run.reference import reference_weights
 
 from . import checkpoint, signals
 from .build import refuse_dropout_under_vmap
@@ -131,7 +133,13 @@ class TandemTrainer(Trainer):
             history=updates,
             num_domains=len(sampler.domains),
             updates=updates,
+            lr=self.args.learning_rate,  # the base rate (a scheduler's lr_t is not followed)
         )
+        self.reference_mixture = None  # (M,) host weights of the plan's reference phase
+        if self.reference_budget:
+            self.reference_mixture = reference_weights(
+                self.plan.reference_mixture, sampler.domains, sizes
+            )
         self.sampler, self.sampling, self.reference_lr = sampler, sampling, reference_lr
         self.batch_per_domain = batch_per_domain or self.args.per_device_train_batch_size
         self.val_batch_size, self.eval_per_domain = val_batch_size, eval_per_domain
@@ -245,7 +253,7 @@ class TandemTrainer(Trainer):
         return stats
 
     def _reference_phase(self, twins: Twins) -> None:
-        """The reference w trains its whole budget on the uniform mixture, then stays frozen.
+        """The reference w trains its whole budget on the plan's mixture, then stays frozen.
 
         Runs inside the Trainer's first step (the Trainer's steps count proxy steps only), from
         the proxy's initialisation, at the reference's base learning rate (not the scheduler's
@@ -258,18 +266,18 @@ class TandemTrainer(Trainer):
             twins.sync()
         for gu, gw in zip(twins.opt_proxy.param_groups, twins.opt_reference.param_groups):
             gw["lr"] = self.reference_lr or gu.get("initial_lr", gu["lr"])
-        uniform = twins.init_mixture(tc.uniform()).alpha
-        weights = uniform if self.sampling == "reweight" else None
+        mixture = twins.init_mixture(fixed(self.reference_mixture)).alpha
+        weights = mixture if self.sampling == "reweight" else None
         while self.reference_step < budget:
-            twins.step(self._uniform_batch(), weights, model="reference")
+            twins.step(self._reference_batch(), weights, model="reference")
             self.reference_step += 1
 
-    def _uniform_batch(self) -> Batch:
-        """A global batch of the uniform mixture (the reference phase), as MixtureRun draws it."""
+    def _reference_batch(self) -> Batch:
+        """A global batch of the reference phase's mixture, as MixtureRun draws it."""
         if self.sampling == "reweight":
             return self._checked(self.sampler.train_batch(self.batch_per_domain))
         m = len(self.sampler.domains)
-        batch = self.sampler.mixture_batch(np.full(m, 1 / m), self.batch_per_domain * m)
+        batch = self.sampler.mixture_batch(self.reference_mixture, self.batch_per_domain * m)
         return self._checked(batch)
 
     def _train_batch(self) -> tuple[Batch, torch.Tensor | None]:
@@ -404,6 +412,12 @@ def _plan(plan: Plan, schedule: tc.Schedule | None, gamma: float | None) -> Plan
     if isinstance(plan, EveryStep):
         if schedule is not None:
             raise tc.ConfigError("schedule= sets twin episodes; this method steps every step")
+        if plan.rounds > 1:
+            raise tc.ConfigError(
+                f"rounds={plan.rounds}: TandemTrainer runs one round; iterate with "
+                "tandem_core.run.MixtureRun (tandem optimize), or give each round's output "
+                "as the next trainer's reference_mixture"
+            )
         return plan
     return Episodes(schedule or plan.schedule, plan.gamma if gamma is None else gamma)
 

@@ -16,7 +16,7 @@ from tandem_core.methods import Signal
 
 from .batches import Split, domain_stats, merge, segment_sum
 from .distributed import all_reduce_sum
-from .grads import alignment_gradients
+from .grads import alignment_gradients, alignment_stats
 from .models import eval_mode, token_losses
 from .twins import Twins
 
@@ -85,7 +85,7 @@ def excess_loss(twins: Twins, batch: dict | Split) -> tc.DomainStats:
 
 
 def alignment(twins: Twins, train: dict, val: dict | None) -> tuple:
-    """Alignment ``W_m = <grad L^m_train(u), grad L_val(u)>`` of the proxy (one process).
+    """``tc.AlignmentStats``: ``<grad L^m_train(u), grad L_val(u)>`` and the norms (one process).
 
     Args:
         twins: the twins (the proxy's gradients).
@@ -93,31 +93,30 @@ def alignment(twins: Twins, train: dict, val: dict | None) -> tuple:
         val: the validation batch.
 
     Returns:
-        ``(scores (M,), grads {name: (M, ...)}, losses (B,), scored (B,), device batch)``;
+        ``(AlignmentStats, grads {name: (M, ...)}, losses (B,), scored (B,), device batch)``;
         the gradients serve the step that follows.
     """
     if val is None:
         raise ValueError("the alignment signal reads a validation batch: pass val=")
     tb, vb = twins.batch(train), twins.batch(val)
     grads, val_grad, losses, n = alignment_gradients(twins.proxy, tb, vb, twins.m, twins.v)
-    scores = sum(g.flatten(1) @ val_grad[k].flatten() for k, g in grads.items())
-    return scores, grads, losses, n, tb
+    return alignment_stats(grads, val_grad), grads, losses, n, tb
 
 
 def aligned_step(
     twins: Twins, train: dict, val: dict | None, state: tc.MixtureState, update: Any
 ) -> tuple[tc.MixtureState, tc.DomainStats]:
-    """DoGE's step: alignment ``W_m = <g_m, g_val>``, the mixture update, u on ``sum alpha_m g_m``.
+    """The aligned step: the alignment signal, the mixture update, u on ``sum_m alpha_m g_m``.
 
     The per-domain gradients ``(M, ...)`` that measure the alignment also make the step (never a
-    stale mixture). ``update``: ``f(state, scores) -> state``, or ``None`` (no update this step).
+    stale mixture). ``update``: ``f(state, AlignmentStats) -> state``, or ``None`` (no update).
 
     Returns:
         The new mixture state and the step's per-domain train ``DomainStats`` ``(M,)``.
     """
-    scores, grads, losses, n, tb = alignment(twins, train, val)
+    stats, grads, losses, n, tb = alignment(twins, train, val)
     if update is not None:
-        state = update(state, scores)
+        state = update(state, stats)
     alpha = state.alpha.to(twins.dtype)
     twins.apply_gradients({k: torch.einsum("m,m...->...", alpha, g) for k, g in grads.items()})
     return state, domain_stats(losses, n, tb["domain"], twins.m)

@@ -44,7 +44,7 @@ class Signal(str, enum.Enum):
     PROXY_LOSSES = "proxy_losses"  # DomainStats: the proxy's per-domain mean loss on the batch
     TWIN = "twin"  # TwinStats of proxy u and reference w after K probe steps (twin episodes)
     EXCESS_LOSS = "excess_loss"  # DomainStats: per-token max(l_proxy - l_ref, 0), frozen ref
-    ALIGNMENT = "alignment"  # (M,): <grad L^m_train(u), grad L_val(u)>, per-domain alignment
+    ALIGNMENT = "alignment"  # AlignmentStats: <grad L^m_train(u), grad L_val(u)> (M,), norms
     SAMPLE_SCORES = "sample_scores"  # (B,): per-sample scores from hidden states (ADAPT weighting)
 
     @property
@@ -68,8 +68,12 @@ class EveryStep(NamedTuple):
     """
 
     update_every: int = 1
-    reference: bool = False  # a reference model is trained first (uniform mixture), then frozen
+    reference: bool = False  # a reference model is trained first, then frozen
     reference_steps: int = 0  # its budget (0: the proxy's, ``train.steps``)
+    # the mixture the reference trains on: "uniform", "natural" (tokens per domain), or a file
+    # of weights (a mixture.json, a JSON list or {domain: weight})
+    reference_mixture: str = "uniform"
+    rounds: int = 1  # rounds > 1: each round starts afresh, its reference on the last output
 
 
 Plan = Episodes | EveryStep
@@ -95,12 +99,13 @@ class Method:
         signal: the ``Signal`` its update reads.
         params: a frozen dataclass of its hyper-parameters (validated in ``__post_init__``); its
             fields are the method's keys in the ``[train]`` table.
-        transform: ``transform(params, *, sizes, history, [num_domains, updates]) ->
+        transform: ``transform(params, *, sizes, history, [num_domains, updates, lr]) ->
             MixtureTransform``; ``sizes`` are the tokens per domain (``natural`` and
             ``temperature`` read them); ``num_domains`` and ``updates`` (the run's number of
             mixture updates, ``planned_updates``) are passed when the function accepts them
-            (``tandem``'s budget step size and tail average read them). Call it through
-            ``build``.
+            (``tandem``'s budget step size and tail average read them), and so is ``lr``, the
+            proxy's learning rate, when the run gives it (``doge``'s reference step reads it).
+            Call it through ``build``.
         plan: ``plan(params) -> Episodes | EveryStep``.
         summary: one line for listings.
     """
@@ -131,13 +136,17 @@ class Method:
         history: int = 0,
         num_domains: int | None = None,
         updates: int | None = None,
+        lr: float | None = None,
     ) -> MixtureTransform:
         """``transform(params, ...)`` with the run's facts that the function accepts.
 
-        A plugin written before ``num_domains`` / ``updates`` existed keeps working: they are
-        passed only to a ``transform`` that names them (or takes ``**kwargs``).
+        A plugin written before ``num_domains`` / ``updates`` / ``lr`` existed keeps working:
+        they are passed only to a ``transform`` that names them (or takes ``**kwargs``); ``lr``
+        only when given.
         """
-        run = {"num_domains": num_domains, "updates": updates}
+        run: dict[str, Any] = {"num_domains": num_domains, "updates": updates}
+        if lr is not None:
+            run["lr"] = lr
         accepted = inspect.signature(self.transform).parameters
         if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
             run = {k: v for k, v in run.items() if k in accepted}

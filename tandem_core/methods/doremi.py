@@ -1,8 +1,11 @@
 """DoReMi: clipped excess loss against a reference model trained first (docs/methods.md, "DoReMi").
 
-The reference w trains ``reference_steps`` on the uniform mixture from the proxy's
+The reference w trains ``reference_steps`` on the reference mixture (``reference_mixture``: the
+natural, token-proportional one by default, as DoReMi's Pile runs) from the proxy's
 initialisation, then stays frozen; every ``update_every`` proxy steps the per-domain mean of the
 per-token ``max(l_proxy - l_ref, 0)`` on the step's batch drives an exponentiated-gradient step.
+With ``rounds > 1`` (iterated DoReMi) each round starts afresh and its reference trains on the
+previous round's output.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..accounting import MISSING_POLICIES
+from ..errors import ConfigError
 from ..mixture import doremi
 from ._record import EveryStep, Method, Signal, check_fields
 
@@ -24,15 +28,21 @@ class DoReMiParams:
     missing: str = "carry"  # a domain absent from a batch: carry its last signal | zero
     update_every: int = 1  # a mixture update every N proxy steps
     reference_steps: int = 0  # the reference model's budget (0: train.steps)
+    reference_mixture: str = "natural"  # natural | uniform | mixture.json / JSON weights path
+    rounds: int = 1  # iterated DoReMi: round r + 1's reference trains on round r's output
 
     def __post_init__(self) -> None:
         check_fields(
             self,
             choices={"missing": MISSING_POLICIES},
-            positive=("eta_mixture", "update_every"),
+            positive=("eta_mixture", "update_every", "rounds"),
             nonnegative=("reference_steps",),
             below_one=("smoothing",),
         )
+        if not self.reference_mixture.strip():
+            raise ConfigError(
+                "reference_mixture must be 'natural', 'uniform' or the path of a weights file"
+            )
 
 
 def _transform(p: DoReMiParams, *, sizes: Any = None, history: int = 0) -> Any:
@@ -45,6 +55,12 @@ METHOD = Method(
     signal=Signal.EXCESS_LOSS,
     params=DoReMiParams,
     transform=_transform,
-    plan=lambda p: EveryStep(p.update_every, reference=True, reference_steps=p.reference_steps),
+    plan=lambda p: EveryStep(
+        p.update_every,
+        reference=True,
+        reference_steps=p.reference_steps,
+        reference_mixture=p.reference_mixture,
+        rounds=p.rounds,
+    ),
     summary="excess loss against a reference model trained first (Xie et al. 2023)",
 )

@@ -14,17 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from .._transform import MixtureTransform, check_mixture
+from .._transform import MixtureTransform, check_mixture, mixture_summary
 from .._utils import Array, to_numpy
 from ..accounting import DomainStats, merge_stats
 from ..adapt import AdaptTransform
 from ..data import Batch, BatchSampler, check_batch
 from ..errors import ConfigError, NonFiniteError
 from ..methods import Episodes, Signal, planned_updates
-from ..mixture import uniform
+from ..mixture import fixed
 from ..schedule import Phase
 from .config import TrainConfig
 from .engine import Engine
+from .reference import reference_weights
 from .report import RunResult, mixture_row, postfix, progress_bar, run_result
 from .weighting import SampleWeighting
 
@@ -72,18 +73,26 @@ class MixtureRun:
                     f"episode is {sched.proxy_steps}): set train.steps >= {sched.proxy_steps}"
                 )
         self.domains = tuple(sampler.domains)
+        sizes = list(sampler.domain_sizes())
         self.transform = transform or self.method.build(
             config.params,
-            sizes=list(sampler.domain_sizes()),
+            sizes=sizes,
             num_domains=len(self.domains),
             updates=planned_updates(self.plan, config.steps),
+            lr=config.lr,
         )
         self.state = engine.init_mixture(self.transform, len(self.domains))
         self.episodic = isinstance(self.plan, Episodes)
-        if self.reference_budget:  # the reference model trains on the uniform mixture
-            self._reference_state = engine.init_mixture(uniform(), len(self.domains))
+        self.round = 0  # rounds > 1: the round under way (each one config.steps proxy steps)
+        self.round_mixtures: list[np.ndarray] = []  # the output (average) of each finished round
+        if self.reference_budget:  # the plan's reference mixture (docs/methods.md, "DoReMi")
+            weights = reference_weights(self.plan.reference_mixture, self.domains, sizes)
+            self._reference_to(weights)
+        self._initial: dict | None = None  # rounds > 1: the engine at its start (a host copy)
+        if self.rounds > 1:
+            self._initial = _initial_engine(engine, config, self.plan)
         self.tick = 0  # schedule position (episodes) or main-phase step (every-step plans)
-        self.proxy_step = 0
+        self.proxy_step = 0  # counted over all rounds
         self.reference_step = 0
         self.trajectory: list[Array] = []
         self.metrics: list[dict] = []
@@ -114,16 +123,28 @@ class MixtureRun:
         return self.plan.reference_steps or self.config.steps
 
     @property
+    def rounds(self) -> int:
+        """Rounds of the plan (iterated DoReMi): each one ``config.steps`` proxy steps."""
+        return 1 if self.episodic else self.plan.rounds
+
+    @property
+    def total_steps(self) -> int:
+        """Proxy steps of the whole run, over all rounds."""
+        return self.config.steps * self.rounds
+
+    @property
     def done(self) -> bool:
-        """Whether the budget of proxy steps is spent."""
-        return self.proxy_step >= self.config.steps
+        """Whether the budget of proxy steps (of every round) is spent."""
+        return self.proxy_step >= self.total_steps
 
     def step(self) -> None:
         """Advance one tick: a sync, a training step, or a mixture update."""
+        if self.proxy_step >= (self.round + 1) * self.config.steps:
+            self._next_round()
         if self.reference_step < self.reference_budget:
             if self.reference_step == 0:
                 self.engine.sync()  # the reference starts from the proxy's initialisation
-            train = self._train_batch(uniform=True)
+            train = self._train_batch(reference=True)
             self.engine.step(train, self._reference_state, model="reference")
             self.reference_step += 1
             return
@@ -132,6 +153,28 @@ class MixtureRun:
         else:
             self._every_step_tick()
         self.tick += 1
+
+    def _reference_to(self, weights: np.ndarray) -> None:
+        """The reference model's mixture from now on: host weights ``(M,)`` (float64)."""
+        self._reference_weights = np.asarray(weights, dtype=np.float64)
+        self._reference_state = self.engine.init_mixture(
+            fixed(self._reference_weights), len(self.domains)
+        )
+
+    def _next_round(self) -> None:
+        """Iterated DoReMi: the next round starts afresh, its reference on this round's output.
+
+        The engine returns to its initial state (both models, optimizers, counters), the
+        mixture to the transform's ``init``; the sampler runs on (new batches).
+        """
+        average = mixture_summary(self.state).average  # the round's output, as run_result's
+        self.round_mixtures.append(to_numpy(average).astype(np.float64))
+        self.round += 1
+        self.engine.load_state_dict(_host_copy(self._initial))  # a copy: loads may alias it
+        self._reference_to(self.round_mixtures[-1])
+        self.state = self.engine.init_mixture(self.transform, len(self.domains))
+        self.tick, self.reference_step = 0, 0
+        self.trajectory, self._info, self._alpha_host = [], {}, None
 
     def _episode_tick(self) -> None:
         phase = self.plan.schedule.phase(self.tick)
@@ -155,7 +198,7 @@ class MixtureRun:
             self._trained(stats)
 
     def _every_step_tick(self) -> None:
-        due = self.proxy_step % self.plan.update_every == 0
+        due = self.tick % self.plan.update_every == 0  # tick: the round's proxy step
         train = self._train_batch()
         if self.weighting is not None:
             stats = self.weighting.step(self.engine, train, self._weights(), self.proxy_step)
@@ -179,10 +222,10 @@ class MixtureRun:
             self._record()
         self._trained(stats)
 
-    def _train_batch(self, uniform: bool = False) -> Batch:
+    def _train_batch(self, reference: bool = False) -> Batch:
         if self.config.sampling == "sample":
             m = len(self.domains)
-            alpha = np.full(m, 1 / m) if uniform else self._host_alpha()
+            alpha = self._reference_weights if reference else self._host_alpha()
             batch = self.sampler.mixture_batch(alpha, self.config.batch_per_domain * m)
         else:
             batch = self.sampler.train_batch(self.config.batch_per_domain)
@@ -229,6 +272,8 @@ class MixtureRun:
         row: dict[str, Any] = {"step": self.proxy_step, "tick": self.tick}
         if self.episodic:
             row["episode"] = self.plan.schedule.episode_index(self.tick)
+        if self.rounds > 1:
+            row["round"] = self.round
         row.update(mixture_row(self.domains, self._acc, self.state, self._info))
         self._acc = None
         if self.weighting is not None:
@@ -264,7 +309,7 @@ class MixtureRun:
         checkpoint_every: int = 0,
         stop_every: int = 10,
     ) -> RunResult:
-        """Run until ``config.steps`` proxy steps; returns the learned mixture.
+        """Run until ``config.steps`` proxy steps (in each round); returns the learned mixture.
 
         Args:
             progress: show a progress bar (step, episode, loss, top weights).
@@ -275,7 +320,7 @@ class MixtureRun:
                 stopping (``should_stop`` on any process stops all at the same tick; one small
                 collective per poll). One process polls every tick, with no collective.
         """
-        bar = progress_bar(self.config.steps, self.proxy_step, progress)
+        bar = progress_bar(self.total_steps, self.proxy_step, progress)
         while not self.done and not self.stop_requested(stop_every):
             before = self.proxy_step
             self.step()
@@ -330,6 +375,8 @@ class MixtureRun:
             "engine": self.engine.state_dict(),
             "metrics": list(self.metrics),
             "weighting": None if self.weighting is None else self.weighting.state_dict(),
+            "round": self.round,
+            "round_mixtures": list(self.round_mixtures),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -344,10 +391,46 @@ class MixtureRun:
         self.sampler.load_state_dict(state["sampler"])
         self.metrics = list(state["metrics"])
         self._alpha_host = None
+        self.round = int(state.get("round", 0))
+        self.round_mixtures = [
+            np.asarray(a, dtype=np.float64) for a in state.get("round_mixtures", [])
+        ]
+        if self.round_mixtures:  # the round's reference trains on the last round's output
+            self._reference_to(self.round_mixtures[-1])
         if self.weighting is not None:
             if state.get("weighting") is None:
                 raise ValueError("the checkpoint has no per-sample weighting state")
             self.weighting.load_state_dict(state["weighting"], self.engine.to_device)
+
+
+def _initial_engine(engine: Engine, config: TrainConfig, plan: Any) -> dict:
+    """A host copy of the engine's state at the run's start, where every round starts."""
+    if not plan.reference:
+        raise ConfigError(
+            f"method={config.method!r}: rounds > 1 iterate a reference model's mixture; this "
+            "plan trains none"
+        )
+    if config.weighting != "none":
+        raise ConfigError("rounds > 1 and per-sample weighting (train.weighting) do not combine")
+    if getattr(engine, "checkpoint_format", "npz") != "npz":
+        raise ConfigError(
+            "rounds > 1 restart the engine from a copy of its state_dict(), which sharded "
+            "checkpoints leave without the models: set backend.checkpoint='npz'"
+        )
+    return _host_copy(engine.state_dict())
+
+
+def _host_copy(tree: Any) -> Any:
+    """A copy of a nest of dicts, lists and tuples whose arrays are host numpy copies."""
+    if isinstance(tree, dict):
+        return {k: _host_copy(v) for k, v in tree.items()}
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(_host_copy(x) for x in tree))
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_host_copy(x) for x in tree)
+    if tree is None or isinstance(tree, (bool, int, float, str, bytes, np.generic)):
+        return tree
+    return np.array(to_numpy(tree), copy=True)
 
 
 def _check_signal(signal: Signal, cfg: TrainConfig) -> None:
