@@ -140,11 +140,6 @@ def _blocking(fn: Any, run: Any) -> Any:
     return call
 
 
-def tandem_transform(run_config: Any) -> Any:
-    method = run_config.method_record
-    return method.transform(run_config.params)
-
-
 # ----------------------------------------------------------------------------- sections
 def backend_table(report: Report, cfg: Any, engines: list[str], args: Any) -> tuple:
     from tandem_adapters.bench import BACKEND_COLUMNS, compare_backends, format_table
@@ -184,7 +179,7 @@ def overhead_and_episode(report: Report, runs: dict, repeat: int) -> dict:
         backend = backend_of(run)
         m = len(run.domains)
         b = run.config.batch_per_domain * m
-        mach = machinery_fn(backend, m, b, tandem_transform(run.config))
+        mach = machinery_fn(backend, m, b, run.transform)  # the run's own transform
         for _ in range(3):
             mach()
         t_mach = med(timed(mach, repeat=7, number=20))
