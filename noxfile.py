@@ -65,7 +65,8 @@ def slow(session: nox.Session) -> None:
 
 @nox.session
 def dist(session: nox.Session) -> None:
-    """Data-parallel tests: 2 torch processes on gloo (127.0.0.1) and JAX on 4 CPU devices."""
+    """Data-parallel tests: 2 torch processes on gloo (127.0.0.1), JAX on 4 CPU devices and 2 JAX
+    processes (multi-node on 127.0.0.1: torchrun with 2 nodes, jax.distributed with 2 processes)."""
     install(session, ALL_EXTRAS)
     env = {"TANDEM_TEST_BACKENDS": "numpy,torch,jax", "OMP_NUM_THREADS": "1"}
     session.run("pytest", "-m", "dist", *(session.posargs or ["-q"]), env=env)
@@ -90,6 +91,8 @@ def bench(session: nox.Session) -> None:
     }
     session.run("python", "benchmarks/speed.py", "--write", env=env)
     session.run("python", "benchmarks/quality.py", "--write", env=env)
+    session.run("python", "benchmarks/adapt_quality.py", "--write", env=env)
+    session.run("python", "benchmarks/taskpgm_quality.py", "--write", env=env)
     session.run("python", "benchmarks/data.py", "--write", env=env)  # needs 9 GB free disk
     session.run("python", "benchmarks/text_cache.py", "--write", env=env)
     session.run("python", "benchmarks/checkpoint.py", "--write", env=env)  # 2 ranks, ~4 GB RAM

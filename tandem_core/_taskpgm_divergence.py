@@ -17,7 +17,7 @@ from . import _taskpgm_solve as _s
 from ._utils import Array, array_device, as_namespace, float_dtype, namespace
 
 AFFINITY_KINDS = ("linear", "exp")
-UTILITY_KINDS = ("gain", "coverage", "mix")
+UTILITY_KINDS = ("gain", "coverage", "mix", "group_gain")
 
 
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -279,6 +279,13 @@ def unary_utility(
     - ``"coverage"``: ``u_i = (1/N) sum_j S_ij`` (representativeness).
     - ``"mix"``: ``mix * z(gain) + (1 - mix) * z(coverage)``, each part standardised first so
       ``mix`` is a true weight.
+    - ``"group_gain"``: the gain on each probe group (a target task or stream), clipped at 0 and
+      averaged over the ``G`` groups: ``u_i = (1/G) sum_g max(base_loss_g - val_loss_ig, 0)``,
+      the target loss model i removes on the parts of the target it helps. ``"gain"`` on a
+      multi-task target also charges a specialist for its confident errors on the other tasks,
+      which the mixture's model does not make, and so ranks a model that predicts nothing (a
+      noise task's) above every specialist when the base model is untrained
+      (docs/methods.md, "TaskPGM: Measured"). With one group it is ``max(gain, 0)``.
 
     The result is standardised (zero mean, unit population std; step 3). If the spread
     is at roundoff level (all utilities equal) the result is all zeros instead of amplified noise.
@@ -286,8 +293,10 @@ def unary_utility(
     Args:
         kind: one of ``UTILITY_KINDS``.
         S: array ``(N, N)`` affinity, for ``"coverage"``/``"mix"``.
-        val_loss: array ``(N,)``, each single-task model's validation loss (``"gain"``/``"mix"``).
-        base_loss: scalar or array ``(N,)``, the base model's validation loss(es).
+        val_loss: array ``(N,)``, each single-task model's validation loss (``"gain"``/``"mix"``);
+            ``(N, G)`` or ``(N,)`` (one group) per probe group for ``"group_gain"``.
+        base_loss: scalar or array ``(N,)``, the base model's validation loss(es); for
+            ``"group_gain"`` a scalar or ``(G,)``, its loss on each probe group.
         mix: weight of the gain part in ``[0, 1]`` for ``"mix"``.
         standardize: False returns the raw utility (``"mix"`` still standardises its parts).
 
@@ -297,7 +306,7 @@ def unary_utility(
     check_choice("utility kind", kind, UTILITY_KINDS)
     if not (isinstance(mix, (int, float)) and 0.0 <= mix <= 1.0):
         raise ValueError(f"mix must be a number in [0, 1], got {mix!r}")
-    needs_s, needs_loss = kind in ("coverage", "mix"), kind in ("gain", "mix")
+    needs_s, needs_loss = kind in ("coverage", "mix"), kind in ("gain", "mix", "group_gain")
     if needs_s and S is None:
         raise ValueError(f"utility kind {kind!r} needs the affinity S")
     if needs_loss and val_loss is None:
@@ -306,20 +315,40 @@ def unary_utility(
     if needs_s:
         n = check_square("S", S)
         coverage = xp.mean(xp.astype(S, float_dtype(S, xp=xp)), axis=1)
-    if needs_loss:
+    if kind == "group_gain":
+        val_loss = xp.astype(val_loss, float_dtype(val_loss, xp=xp))
+        gain = _group_gain(val_loss, base_loss, xp=xp)
+    elif needs_loss:
         val_loss = xp.astype(val_loss, float_dtype(val_loss, xp=xp))
         if val_loss.ndim != 1 or (needs_s and val_loss.shape[0] != n):
             raise ValueError(
                 f"val_loss must have shape (N,) matching S, got {tuple(val_loss.shape)}"
             )
         gain = base_loss - val_loss
-    if kind == "gain":
+    if kind in ("gain", "group_gain"):
         u = gain
     elif kind == "coverage":
         u = coverage
     else:
         u = mix * _standardize(gain, xp=xp) + (1.0 - mix) * _standardize(coverage, xp=xp)
     return _standardize(u, xp=xp) if standardize else u
+
+
+def _group_gain(val_loss: Array, base_loss: Array | float, *, xp: Any) -> Array:
+    """``(1/G) sum_g max(base_loss_g - val_loss_ig, 0)`` for ``val_loss`` ``(N, G)`` or ``(N,)``."""
+    if val_loss.ndim not in (1, 2):
+        raise ValueError(f"val_loss must have shape (N, G) or (N,), got {tuple(val_loss.shape)}")
+    loss = val_loss if val_loss.ndim == 2 else xp.reshape(val_loss, (-1, 1))
+    base = base_loss
+    if getattr(base_loss, "ndim", 0) > 0:
+        if tuple(base_loss.shape) != (loss.shape[1],):
+            raise ValueError(
+                f"base_loss must be a scalar or have shape ({loss.shape[1]},) (one per probe "
+                f"group), got {tuple(base_loss.shape)}"
+            )
+        base = xp.reshape(xp.astype(base_loss, loss.dtype), (1, -1))
+    gain = base - loss
+    return xp.mean(xp.maximum(gain, xp.zeros_like(gain)), axis=1)
 
 
 def _standardize(u: Array, *, xp: Any) -> Array:

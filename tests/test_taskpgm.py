@@ -269,6 +269,39 @@ def test_unary_utility(xp, rng):
     assert_close(flat, np.zeros(4), xp=xp)
 
 
+def test_group_gain_utility(xp, rng):
+    """Per probe group, clipped at 0, averaged: the noise model's hedging is not rewarded."""
+    base = np.array([3.4, 3.5, 3.3])  # (G,) base model per probe group
+    val = np.array(  # (N, G): three specialists and a model that predicts nothing
+        [[1.2, 5.0, 5.2], [5.1, 1.3, 4.9], [5.3, 5.0, 1.1], [3.45, 3.5, 3.3]]
+    )
+    want = np.maximum(base[None, :] - val, 0).mean(1)
+    fn = jit(xp, tp.unary_utility, static_argnames=("kind", "standardize"))
+    raw = fn(
+        "group_gain", val_loss=asarray(xp, val), base_loss=asarray(xp, base), standardize=False
+    )
+    assert_close(raw, want, xp=xp, atol=1e-12)
+    z = fn("group_gain", val_loss=asarray(xp, val), base_loss=asarray(xp, base))
+    assert_close(z, (want - want.mean()) / want.std(), xp=xp, atol=1e-12)
+    whole = tp.unary_utility("gain", val_loss=val.mean(1), base_loss=base.mean())
+    assert np.argmax(whole) == 3 and np.argmin(np.asarray(raw)) == 3  # the defect it fixes
+    one = rng.normal(size=4) + 3.0  # one group: max(gain, 0); a scalar base
+    got = tp.unary_utility(
+        "group_gain", val_loss=asarray(xp, one), base_loss=3.2, standardize=False
+    )
+    assert_close(got, np.maximum(3.2 - one, 0), xp=xp, atol=1e-12)
+    with pytest.raises(ValueError, match=r"base_loss must be a scalar or have shape \(3,\)"):
+        tp.unary_utility("group_gain", val_loss=val, base_loss=np.zeros(4))
+    with pytest.raises(ValueError, match=r"val_loss must have shape \(N, G\) or \(N,\)"):
+        tp.unary_utility("group_gain", val_loss=np.zeros((2, 2, 2)))
+    with pytest.raises(ValueError, match="needs val_loss"):
+        tp.unary_utility("group_gain")
+    p = tp.taskpgm_mixture(
+        D=np.full((4, 4), 0.3) * (1 - np.eye(4)), utility="group_gain", val_loss=val, base_loss=base
+    )
+    assert p.p[3] == 0.0 and abs(p.p[:3].sum() - 1) < 1e-12
+
+
 def test_energy(xp, rng):
     u, S, lam = random_problem(rng, 4)
     A = tp.interaction_matrix(S, lam=lam)

@@ -113,6 +113,29 @@ def test_duplicate_tasks_share_weight(backend, streams, tmp_path):
     assert {r["task"] for r in rows} == {"a", "a_copy", "b", "c"}
 
 
+def test_group_gain_ignores_a_noise_task(streams, tmp_path):
+    """A multi-task probe: the whole-probe gain rewards the noise model, group_gain does not."""
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    tasks = {k: streams[k][:TRAIN] for k in ("a", "b", "c")}
+    tasks["noise"] = rng.integers(0, V, size=TRAIN).astype(np.uint16)
+    probe = {k: streams[k][TRAIN:] for k in ("a", "b", "c")}
+    cfg = job("torch", tmp_path, utility="group_gain", lam=1.0)
+    out = run_taskpgm(cfg, tasks=from_arrays(tasks, vocab_size=V), probe=probe, echo=len)
+    assert out.group_loss.shape == (4, 3) and out.base_loss.shape == (3,)
+    gain = np.maximum(out.base_loss[None, :] - out.group_loss, 0).mean(1)
+    np.testing.assert_allclose(out.u, (gain - gain.mean()) / gain.std(), atol=1e-9)
+    assert out.p[3] < 1e-9 and out.p[0] > 0.1 and out.p[2] > 0.1  # (b is a relative of a)
+    # a specialist is confidently wrong on the chains it did not learn: on the whole probe set
+    # the model that learned nothing (noise) beats c's, the only one that knows c's third, and
+    # the "gain" utility drops c
+    whole = tc.taskpgm_mixture(D=out.D, utility="gain", val_loss=out.task_loss, lam=1.0)
+    assert out.task_loss[3] < out.task_loss[2] and whole.u[3] > whole.u[2]
+    assert whole.p[2] < 0.05 < out.p[2]
+    details = json.loads((tmp_path / "taskpgm.json").read_text())
+    assert details["settings"]["utility"] == "group_gain"
+
+
 @pytest.mark.parametrize("backend", ["torch", "jax"])
 def test_both_backends_from_python(backend, streams, tmp_path):
     pytest.importorskip(backend)

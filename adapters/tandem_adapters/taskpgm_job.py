@@ -298,11 +298,13 @@ def _solve(t: Any, D: np.ndarray, group: np.ndarray, whole: np.ndarray) -> tc.Ta
     source = {"D": D}
     if t.affinity == "pmi":
         source = {"S": tc.pmi_affinity(group[1:], group[0])}
+    # group_gain: per probe group (N, G) and (G,); the other utilities: the whole probe set
+    per_group = t.utility == "group_gain"
     return tc.taskpgm_mixture(
         **source,
         utility=t.utility,
-        val_loss=whole[1:],
-        base_loss=whole[0],
+        val_loss=group[1:] if per_group else whole[1:],
+        base_loss=group[0] if per_group else whole[0],
         mix=t.mix,
         affinity_kind="linear" if t.affinity == "pmi" else t.affinity,
         sigma=t.sigma or None,
