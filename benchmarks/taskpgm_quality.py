@@ -13,8 +13,8 @@ fine-tunes fresh copies of ``[model]``). Reported: the target loss (mean +- std 
 seed, wins per seed), the mixtures, the weight of the harmful tasks and how the duplicate pair
 shares its weight. ``--variant`` adds mixtures solved from the same fine-tunes and probe
 statistics with other TaskPGM settings (analysis only, not goals); the default one is
-``utility = "group_gain"`` (a library option, not the default; docs/methods.md, "TaskPGM:
-Measured").
+``utility = "gain"``, the default until the sweep of ``benchmarks/tune_taskpgm.py`` (tuning seeds,
+four suites) made it ``"group_gain"`` (docs/methods.md, "TaskPGM: Defaults" and "Measured").
 
     python benchmarks/taskpgm_quality.py [--write] [--seeds 0,1,2] [--jobs 2]
 """
@@ -34,7 +34,7 @@ from _common import Report
 
 BASELINES = ["uniform", "size"]
 # analysis rows: mixtures solved from the same fine-tunes and probe statistics with other settings
-VARIANTS = ["taskpgm-group_gain:utility=group_gain"]
+VARIANTS = ["taskpgm-gain:utility=gain"]
 
 
 # ----------------------------------------------------------------------------- jobs (workers)
@@ -74,6 +74,7 @@ def suite(spec: dict) -> Any:
 def learn(spec: dict) -> dict:
     """TaskPGM with the library defaults; also the ``variants`` mixtures from the same stats."""
     import tandem_core as tc
+    from tandem_adapters.config import TaskPGMConfig
     from tandem_adapters.taskpgm_job import run_taskpgm
 
     start, cpu = time.perf_counter(), time.process_time()
@@ -84,8 +85,10 @@ def learn(spec: dict) -> dict:
         out = run_taskpgm(cfg, tasks=suite(spec), overwrite=True, echo=len)
     variants = {}
     for name, settings in spec["variants"].items():
-        # what run_taskpgm's solve would give with these settings (docs/methods.md, "TaskPGM")
-        per_group = settings.get("utility") == "group_gain"
+        # what run_taskpgm's solve would give with these settings (docs/methods.md, "TaskPGM");
+        # the job's default utility unless the variant names one
+        settings = {"utility": TaskPGMConfig().utility, **settings}
+        per_group = settings["utility"] == "group_gain"
         variants[name] = tc.taskpgm_mixture(
             D=out.D,
             val_loss=out.group_loss if per_group else out.task_loss,
@@ -97,6 +100,7 @@ def learn(spec: dict) -> dict:
         "u": out.u,
         "S": out.S,
         "task_loss": out.task_loss,
+        "group_loss": out.group_loss,
         "base_loss": out.base_loss,
         "variants": variants,
         "seconds": time.perf_counter() - start,
@@ -258,17 +262,36 @@ def summarize(report: Report, entries: list[dict], variants: list[str]) -> dict:
 
 
 def why(entries: list[dict], tasks: list[str]) -> str:
-    """What the default utility saw: each fine-tune's loss on the whole probe set, the top u."""
+    """What the default utility saw: each fine-tune's probe losses and gains, the top u."""
+    from tandem_adapters.config import TaskPGMConfig
+
+    utility = TaskPGMConfig().utility
     loss = np.mean([e["learned"]["task_loss"] for e in entries], axis=0)
     base = np.mean([e["learned"]["base_loss"].mean() for e in entries])
+    clipped = np.mean(
+        [
+            np.maximum(e["learned"]["base_loss"] - e["learned"]["group_loss"], 0).mean(axis=1)
+            for e in entries
+        ],
+        axis=0,
+    )
     top: dict[str, list[int]] = {}
     for e in entries:
         top.setdefault(tasks[int(np.argmax(e["learned"]["u"]))], []).append(e["spec"]["seed"])
-    return (
+    text = (
         "the single-task models' loss on the whole probe set (the target mix; mean over seeds) "
         + ", ".join(f"{t} {x:.2f}" for t, x in zip(tasks, loss))
-        + f" (base {base:.2f}): each specialist is confidently wrong on the chains it did not "
-        "learn, the noise task's model predicts about uniformly, so utility 'gain' ranks "
+        + f" (base {base:.2f}); their gain per target stream clipped at 0, averaged: "
+        + ", ".join(f"{t} {x:.2f}" for t, x in zip(tasks, clipped))
+    )
+    if utility == "gain":
+        text += (
+            ": each specialist is confidently wrong on the chains it did not learn, the noise "
+            "task's model predicts about uniformly"
+        )
+    return (
+        text
+        + f"; utility {utility!r} ranks "
         + "; ".join(f"{t} first on seeds {', '.join(map(str, s))}" for t, s in top.items())
     )
 

@@ -64,17 +64,17 @@ def test_adapt_windows_and_kept_stream():
 def test_taskpgm_learn_fresh_and_tables():
     args = taskpgm_quality.parse(TINY)
     spec = taskpgm_quality.specs_from(args)[0]
-    assert list(spec["variants"]) == ["taskpgm-group_gain"]
+    assert list(spec["variants"]) == ["taskpgm-gain"]
     spec["taskpgm"] = {"finetune_steps": 2, "probe_max_per_task": 4}
     learned = taskpgm_quality.learn(spec)
-    for p in (learned["p"], learned["variants"]["taskpgm-group_gain"]):
+    for p in (learned["p"], learned["variants"]["taskpgm-gain"]):
         assert p.shape == (6,) and abs(p.sum() - 1) < 1e-9 and (p >= 0).all()
     known = taskpgm_quality.suite(spec).known_answer
     mixtures = {
         "uniform": taskpgm_quality._key(np.ones(6)),
         "size": taskpgm_quality._key(list(known["sizes"].values())),
         "taskpgm": taskpgm_quality._key(learned["p"]),
-        "taskpgm-group_gain": taskpgm_quality._key(learned["variants"]["taskpgm-group_gain"]),
+        "taskpgm-gain": taskpgm_quality._key(learned["variants"]["taskpgm-gain"]),
     }
     fresh = {a: taskpgm_quality.fresh(spec, a) for a in set(mixtures.values())}
     out = next(iter(fresh.values()))
@@ -82,8 +82,8 @@ def test_taskpgm_learn_fresh_and_tables():
     assert np.isclose(out["target"], np.mean(list(out["groups"].values())))
     entry = {"spec": spec, "known": known, "mixtures": mixtures, "fresh": fresh, "learned": learned}
     report = taskpgm_quality.Report()
-    stats = taskpgm_quality.summarize(report, [entry], ["taskpgm-group_gain"])
-    taskpgm_quality.goals(report, stats, ["taskpgm-group_gain"])
+    stats = taskpgm_quality.summarize(report, [entry], ["taskpgm-gain"])
+    taskpgm_quality.goals(report, stats, ["taskpgm-gain"])
     assert "ideal (known answer)" in report.text() and "near-duplicates" in report.text()
     assert [g[0] for g in report.goals] == [
         "taskpgm beats uniform on >= 3 seeds",

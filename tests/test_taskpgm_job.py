@@ -120,7 +120,7 @@ def test_group_gain_ignores_a_noise_task(streams, tmp_path):
     tasks = {k: streams[k][:TRAIN] for k in ("a", "b", "c")}
     tasks["noise"] = rng.integers(0, V, size=TRAIN).astype(np.uint16)
     probe = {k: streams[k][TRAIN:] for k in ("a", "b", "c")}
-    cfg = job("torch", tmp_path, utility="group_gain", lam=1.0)
+    cfg = job("torch", tmp_path, lam=1.0)  # the default utility, group_gain
     out = run_taskpgm(cfg, tasks=from_arrays(tasks, vocab_size=V), probe=probe, echo=len)
     assert out.group_loss.shape == (4, 3) and out.base_loss.shape == (3,)
     gain = np.maximum(out.base_loss[None, :] - out.group_loss, 0).mean(1)
@@ -133,7 +133,7 @@ def test_group_gain_ignores_a_noise_task(streams, tmp_path):
     assert out.task_loss[3] < out.task_loss[2] and whole.u[3] > whole.u[2]
     assert whole.p[2] < 0.05 < out.p[2]
     details = json.loads((tmp_path / "taskpgm.json").read_text())
-    assert details["settings"]["utility"] == "group_gain"
+    assert details["settings"]["utility"] == "group_gain"  # the default
 
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])

@@ -173,7 +173,7 @@ class TaskPGMConfig:
     top_k: int = 0  # JSD over each pair's top-k tokens, renormalised (0: full vocabulary)
     affinity: str = "linear"  # linear: 1 - D/ln 2 | exp: exp(-D/sigma) | pmi: probe-loss PMI
     sigma: float = 0.0  # (exp) bandwidth; 0: the mean off-diagonal divergence
-    utility: str = "gain"  # gain | coverage | mix | group_gain (TaskPGM step 3)
+    utility: str = "group_gain"  # group_gain (gain per probe stream, >= 0) | gain | coverage | mix
     mix: float = 0.5  # (mix) weight of the gain part
     lam: float = 1.0  # redundancy strength lambda
     mu: float = 0.0  # ridge; 0: tandem_core.default_mu (the smallest safe one, at least lam)
