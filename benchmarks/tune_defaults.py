@@ -32,7 +32,7 @@ import numpy as np
 import quality
 from _common import Report
 
-RULES = ("const:0.3", "const:1", "sqrt:2", "sqrt:4", "sqrt:8")
+RULES = ["const:0.3", "const:1", "sqrt:2", "sqrt:4", "sqrt:8"]
 OUTPUTS = ("average", "tail", "last")
 SUITES = {
     "planted": {"seq_len": 32, "tokens_per_domain": 20_000, "domains": 5},
@@ -106,6 +106,7 @@ def run_cases(cases: list[dict], jobs: int, echo) -> dict:
                 done += 1
                 if kind == "fresh":
                     c["fresh"][what] = value["target"]
+                    echo(f"  [{done}] fresh model of case {i} trained ({len(pending)} jobs left)")
                     continue
                 c["traj"][what] = value
                 for alpha in outputs(value).values():
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> Report:
     p.add_argument("--budgets", default="300,1000,3000")
     p.add_argument("--seeds", default="100,101")
     p.add_argument("--d-models", default="32", help="model sizes (d_model, 2 layers)")
+    p.add_argument("--rules", default=",".join(RULES), help="step-size rules to compare")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--save", default="", help="also write the raw results to this JSON file")
     p.add_argument("--load", default="", help="tabulate saved results (comma-separated files)")
@@ -180,6 +182,7 @@ def main(argv: list[str] | None = None) -> Report:
     _common.setup_env()
     start = time.perf_counter()
     report = Report()
+    RULES[:] = args.rules.split(",")
     cases = [
         spec(su, int(seed), int(b), int(d))
         for su in args.suites.split(",")

@@ -126,7 +126,13 @@ def test_quality_jobs_and_tables(tmp_path):
     assert x.tolist() == [0, 1, 3]
     entry = quality.new_entry(spec)
     assert entry["static"]["uniform"] == entry["static"]["natural"]  # equal domain sizes
-    assert entry["known"]["noise"] == "noise" and len(entry["grid"]) == 10
+    assert entry["known"]["noise"] == "noise" and len(entry["grid"]) == 15
+    # the grid's points and the even mixtures of every subset of the 4 other domains
+    assert len(quality.oracle_grid(4, 3, without=1)) == 13
+    assert (
+        quality._key([1, 0, 1, 1, 1]) in entry["grid"]
+        and quality._key([1, 1, 1, 1, 0]) not in entry["grid"]
+    )
 
 
 def fake_entry(seed):
