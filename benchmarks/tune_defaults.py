@@ -123,48 +123,63 @@ def table(report: Report, results: dict) -> None:
 
     pairs = list(itertools.product(RULES, OUTPUTS))
     short: dict = {p: [] for p in pairs}
-    rel: dict = {p: [] for p in pairs}
+    versus: dict = {p: [] for p in pairs}
     groups: dict = {}
     for c in results.values():
         s = c["spec"]
         uniform = c["fresh"][quality._key(np.ones(s["domains"]))]
         losses = {(r, o): c["fresh"][outputs(c["traj"][r])[o]] for r, o in pairs}
-        best = min(losses.values())
-        key = (s["suite"], s["steps"], s["d_model"])
+        best = min(uniform, *losses.values())
         for p, v in losses.items():
             short[p].append(v - best)
-            rel[p].append((v - best) / max(uniform - best, 1e-9))
-            groups.setdefault(key, {}).setdefault(p, []).append(v - best)
+            versus[p].append(v - uniform)
+            groups.setdefault((s["suite"], s["steps"]), {}).setdefault(p, []).append(v - uniform)
     rows = [
         {
             "rule": r,
             "output": o,
-            "mean": float(np.mean(short[(r, o)])),
-            "worst": float(np.max(short[(r, o)])),
-            "rel": float(np.mean(rel[(r, o)])),
-            **{
-                f"{k[0]}/{k[1]}/{k[2]}": float(np.mean(g[(r, o)]))
-                for k, g in sorted(groups.items())
-            },
+            "vs": float(np.mean(versus[(r, o)])),
+            "vs_worst": float(np.max(versus[(r, o)])),
+            "wins": f"{sum(v < 0 for v in versus[(r, o)])}/{len(versus[(r, o)])}",
+            "short": float(np.mean(short[(r, o)])),
+            "short_worst": float(np.max(short[(r, o)])),
+            **{f"{k[0]}/{k[1]}": float(np.mean(g[(r, o)])) for k, g in sorted(groups.items())},
         }
         for r, o in pairs
     ]
-    rows.sort(key=lambda row: row["mean"])
+    rows.sort(key=lambda row: row["short"])
     cols = [
         ("rule", "eta_alpha rule", ""),
         ("output", "output", ""),
-        ("mean", "mean shortfall", ".4f"),
-        ("worst", "worst", ".4f"),
-        ("rel", "shortfall / uniform's", ".2f"),
-        *((f"{k[0]}/{k[1]}/{k[2]}", f"{k[0][:4]} B{k[1]} d{k[2]}", ".3f") for k in sorted(groups)),
+        ("vs", "vs uniform", "+.4f"),
+        ("vs_worst", "worst", "+.4f"),
+        ("wins", "beats uniform", ""),
+        ("short", "shortfall", ".4f"),
+        ("short_worst", "worst", ".4f"),
+        *((f"{k[0]}/{k[1]}", f"{k[0][:4]} B{k[1]}", "+.3f") for k in sorted(groups)),
     ]
     report(format_table(rows, cols))
     report(
-        "shortfall: the fresh model's target loss minus the best (rule, output) pair's in the "
-        "same case (suite, budget, model, seed), nats; shortfall / uniform's: the same divided "
-        "by uniform's shortfall (0: the best pair, 1: as bad as uniform), mean over cases; "
-        "columns after it: mean shortfall per suite / budget B / d_model"
+        "vs uniform: the fresh model's target loss minus the uniform mixture's in the same case "
+        "(suite, budget, model, seed), nats, mean and worst over cases (negative: better than "
+        "uniform); shortfall: minus the best of every pair and uniform in the case; columns "
+        "after it: mean 'vs uniform' per suite and budget B"
     )
+
+
+def load(paths: list[str]) -> dict:
+    """Saved results (``--save``) of several runs merged by case; RULES: those of every case."""
+    cases: dict = {}
+    for path in paths:
+        for c in json.loads(Path(path).read_text()).values():
+            s = c["spec"]
+            key = (s["suite"], s["steps"], s["d_model"], s["seed"])
+            entry = cases.setdefault(key, {"spec": s, "traj": {}, "fresh": {}})
+            entry["traj"].update(c["traj"])
+            entry["fresh"].update({tuple(a): v for a, v in c["fresh"]})
+    common = set.intersection(*(set(c["traj"]) for c in cases.values()))
+    RULES[:] = sorted(common, key=lambda r: (r.split(":")[0], float(r.split(":")[1])))
+    return dict(enumerate(cases.values()))
 
 
 def main(argv: list[str] | None = None) -> Report:
@@ -197,11 +212,7 @@ def main(argv: list[str] | None = None) -> Report:
         + ", ".join(f"{b}: {updates(int(b))}" for b in args.budgets.split(","))
     )
     if args.load:
-        results = {}
-        for path in args.load.split(","):
-            for c in json.loads(Path(path).read_text()).values():
-                fresh = {tuple(a): v for a, v in c["fresh"]}
-                results[len(results)] = {**c, "fresh": fresh}
+        results = load(args.load.split(","))
     else:
         results = run_cases(cases, args.jobs, print)
     if args.save:
