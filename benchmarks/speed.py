@@ -313,11 +313,12 @@ def twin_fusion(report: Report, cfg: Any, runs: dict, comps: dict, repeat: int) 
 
 
 def scale_domains(report: Report, sizes: list[int], batch: int, backends: list[str]) -> None:
-    import tandem_core as tc
     from tandem_adapters.bench import format_table
+    from tandem_core.methods import get_method
 
     report(f"\n## 5a. Accounting + mixture update vs the number of domains M (B = {batch}, CPU)")
-    transform = tc.tandem(eta_alpha=0.3, step="eg", smoothing=1e-3, normalize="rms")
+    # the default update (its constant step size does not read M)
+    transform = get_method("tandem").make_transform(num_domains=sizes[-1], steps=600)
     rows = []
     for m in sizes:
         row: dict[str, Any] = {"M": f"{m:,}"}
@@ -340,11 +341,11 @@ def scale_domains(report: Report, sizes: list[int], batch: int, backends: list[s
 
 
 def scale_batch(report: Report, cfg: Any, per_domain: list[int], backends: list[str]) -> None:
-    import tandem_core as tc
     from tandem_adapters.bench import build, format_table, tokens_per_step
+    from tandem_core.methods import get_method
 
     report("\n## 5b. Batch size: accounting + update (M = 1,000) and proxy training throughput")
-    transform = tc.tandem(eta_alpha=0.3, step="eg", smoothing=1e-3, normalize="rms")
+    transform = get_method("tandem").make_transform(num_domains=1000, steps=600)
     rows = []
     for b in (256, 4096, 65536):
         row: dict[str, Any] = {"B": f"{b:,}"}

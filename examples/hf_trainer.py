@@ -63,13 +63,14 @@ def main() -> None:
         use_cpu=True,
         disable_tqdm=True,
     )
-    trainer = TandemTrainer(  # the added lines: transform, schedule, the domain column, val rows
+    # the added lines: the domain column, the val rows and the schedule; with no `transform=`
+    # the trainer builds the library's default TANDEM update for max_steps (as `tandem optimize`)
+    trainer = TandemTrainer(
         model=model,
         args=training_args,
         train_dataset=train,
         val_dataset=val,
         domain_column="domain",
-        transform=tc.tandem(eta_alpha=0.3),
         schedule=tc.Schedule(probe_steps=5, free_steps=20),
     )
     trainer.train()

@@ -20,6 +20,7 @@ import optax
 import tandem_core as tc
 import tandem_jax as tj
 from tandem_adapters.data import TokenSampler, make_suite
+from tandem_core.methods import get_method
 from tandem_core.run import GPTConfig, init_gpt_params
 
 
@@ -43,7 +44,8 @@ def learn_mixture(steps: int) -> tuple[tuple[str, ...], tc.MixtureSummary]:
     )
 
     # The mixture update is a pure function too: jit it once.
-    transform = tc.tandem(eta_alpha=0.3, step="eg", normalize="rms", smoothing=1e-3)
+    # The library's default TANDEM update, as `tandem optimize` builds it for this run length.
+    transform = get_method("tandem").make_transform(num_domains=m, steps=steps)
     update = jax.jit(transform.update)
     state = transform.init(m, xp=jnp, dtype=jnp.float32)
     schedule = tc.Schedule(probe_steps=5, free_steps=20)  # SYNC, PROBE x5, UPDATE, FREE x20

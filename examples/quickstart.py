@@ -8,14 +8,18 @@ weight toward domain 0 and away from domain 2.
 import numpy as np
 
 import tandem_core as tc
+from tandem_core.methods import get_method
 
 rng = np.random.default_rng(0)
 num_domains, batch = 3, 48
-transform = tc.tandem(eta_alpha=0.5, step="eg", normalize="rms")
-state = transform.init(num_domains)
 schedule = tc.Schedule(probe_steps=5, free_steps=20)
+updates = 30
+# the library's default TANDEM update for a run of 30 episodes (5 probe + 20 free steps each):
+# exponentiated gradient on the RMS-normalised Delta; the output averages the last 15 mixtures
+transform = get_method("tandem").make_transform(num_domains=num_domains, steps=25 * updates)
+state = transform.init(num_domains)
 
-for tick in range(30 * schedule.length):
+for tick in range(updates * schedule.length):
     if schedule.phase(tick) is not tc.Phase.UPDATE:
         continue  # SYNC / PROBE / FREE: your training steps go here
     ids = rng.integers(0, num_domains, size=batch)

@@ -23,6 +23,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import tandem_core as tc
 from tandem_adapters.data import TokenSampler, make_suite
+from tandem_core.methods import get_method
 from tandem_torch import Twins
 
 SEQ_LEN = 32
@@ -70,8 +71,9 @@ def main() -> None:
         model, optimizer, num_domains=len(domains), num_val_domains=len(sampler.val_domains)
     )
 
-    # the library's default TANDEM update: exponentiated gradient on the RMS-normalised Delta
-    transform = tc.tandem(eta_alpha=0.3, step="eg", normalize="rms", smoothing=1e-3)
+    # the library's default TANDEM update (what `tandem optimize` runs): exponentiated gradient
+    # on the RMS-normalised Delta; the run's length sets the output's burn-in (the first half)
+    transform = get_method("tandem").make_transform(num_domains=len(domains), steps=args.steps)
     state = twins.init_mixture(transform)
     schedule = tc.Schedule(probe_steps=5, free_steps=20)  # SYNC, 5 x PROBE, UPDATE, 20 x FREE
     tick = steps = 0

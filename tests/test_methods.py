@@ -152,6 +152,25 @@ def test_tandem_budget_rule_and_tail_average_read_the_run():
         record.transform(params)
 
 
+def test_make_transform_is_the_run_s_transform():
+    record = get_method("tandem")
+    mine = record.make_transform(num_domains=3, steps=250)  # 10 episodes of K=5, E=20
+    run = record.build(record.make_params(), num_domains=3, updates=10)
+    delta = np.array([0.5, 0.0, -0.5])
+    a, b = mine.init(3, xp=np, dtype=np.float64), run.init(3, xp=np, dtype=np.float64)
+    for _ in range(10):
+        a, b = mine.update(a, delta), run.update(b, delta)
+    np.testing.assert_array_equal(a.alpha, b.alpha)
+    assert int(a.averaged) == int(b.averaged) == 5  # the default output: the tail average
+    tuned = record.make_transform({"average": "all"}, num_domains=3, steps=250)
+    state = tuned.init(3, xp=np, dtype=np.float64)
+    for _ in range(10):
+        state = tuned.update(state, delta)
+    assert int(state.averaged) == 10
+    with pytest.raises(tc.ConfigError, match="needs the run's num_domains and updates"):
+        record.make_transform(num_domains=3)  # the tail needs the run's length
+
+
 def test_tandem_rejects_unknown_rules():
     with pytest.raises(tc.ConfigError, match="eta_rule"):
         get_method("tandem").make_params({"eta_rule": "adaptive"})

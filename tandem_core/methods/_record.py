@@ -152,6 +152,34 @@ class Method:
             run = {k: v for k, v in run.items() if k in accepted}
         return self.transform(params, sizes=sizes, history=history, **run)
 
+    def make_transform(
+        self,
+        values: Mapping[str, Any] = (),
+        *,
+        num_domains: int,
+        steps: int | None = None,
+        sizes: Any = None,
+        history: int = 0,
+        lr: float | None = None,
+    ) -> MixtureTransform:
+        """The transform a run of this method uses, for a loop of your own.
+
+        ``make_params(values)`` (unset keys take the library defaults), then ``build`` with the
+        run's facts: ``steps`` is the run's main-phase proxy steps (its mixture updates are
+        ``planned_updates(plan, steps)``, which TANDEM's budget step size and tail average read).
+
+        Examples:
+            >>> from tandem_core.methods import get_method
+            >>> t = get_method("tandem").make_transform(num_domains=5, steps=600)
+            >>> t.init(5).alpha.tolist() == [0.2] * 5
+            True
+        """
+        params = self.make_params(values)
+        updates = None if steps is None else planned_updates(self.plan(params), steps)
+        return self.build(
+            params, sizes=sizes, history=history, num_domains=num_domains, updates=updates, lr=lr
+        )
+
     def make_params(self, values: Mapping[str, Any] = ()) -> Any:
         """The validated hyper-parameters from ``{key: value}`` (unset keys take defaults)."""
         values = dict(values)

@@ -34,9 +34,9 @@ class TandemParams:
     free_steps: int = 20  # E; its meaning is set by `episode`
     episode: str = "free"  # "free": E free steps after the update; "total": E includes the K
     gamma: float = 1.0  # the reference's objective is L_val + gamma * L_train
-    eta_alpha: float = 0.3  # mixture step size (eta_rule="budget": its scale c)
+    eta_alpha: float = 1.0  # mixture step size (eta_rule="budget": its scale c)
     eta_rule: str = "constant"  # constant | budget: eta_alpha * sqrt(ln M / T), T the run's updates
-    average: str = "all"  # the output averages: all updates | tail (the second half)
+    average: str = "tail"  # the output averages: tail (the second half of the updates) | all
     alpha_step: str = "eg"  # mixture update: eg (exponentiated gradient) | pgd
     normalize: str = "rms"  # scale of Delta before the step: rms | none
     floor: float = 0.0  # smallest weight of any domain (M * floor < 1)
