@@ -14,7 +14,7 @@ import jax.numpy as jnp  # noqa: E402
 import tandem_core as tc  # noqa: E402
 import tandem_jax as tj  # noqa: E402
 from tandem_adapters.data import TokenSampler, make_suite  # noqa: E402
-from tandem_core.methods import Signal  # noqa: E402
+from tandem_core.methods import Signal, get_method  # noqa: E402
 from tandem_core.run import GPTConfig, MixtureRun, TrainConfig, init_gpt_params  # noqa: E402
 
 CFG = GPTConfig(17, 16, 16, 1, 2)  # vocab 17: the data uses 0..15, token 16 poisons (test f)
@@ -79,9 +79,11 @@ def _assert_same(a, b):
 
 
 def _user_loop(sampler):
-    """The README's loop: pure twin functions, ``tc.tandem`` and ``tc.Schedule``."""
+    """The README's loop: pure twin functions, the default transform and ``tc.Schedule``."""
     spec, twins = _twins(sampler)
-    transform = tc.tandem(eta_alpha=0.3, step="eg", normalize="rms", smoothing=1e-3)
+    m = len(sampler.domains)
+    keys = {"probe_steps": K, "free_steps": E}
+    transform = get_method("tandem").make_transform(keys, num_domains=m, steps=STEPS)
     update = jax.jit(transform.update)
     state = transform.init(len(sampler.domains), xp=jnp, dtype=jnp.float32)
     schedule = tc.Schedule(K, E)

@@ -56,7 +56,8 @@ def test_projection_is_on_the_simplex_for_every_finite_input(xp, dtype, floor):
 
 
 def _transforms():
-    made = [(m.name, m.signal, m.build(m.make_params(), sizes=SIZES, lr=LR)) for m in all_methods()]
+    facts = dict(sizes=SIZES, lr=LR, num_domains=len(SIZES), updates=UPDATES)
+    made = [(m.name, m.signal, m.build(m.make_params(), **facts)) for m in all_methods()]
     paper = tc.tandem(step="pgd", normalize="none", floor=0.02)  # the paper's update, floored
     raw = tc.doge(eta=1.0, normalize="none")  # DoGE's unnormalised form
     return made + [("tandem_paper_floor", Signal.TWIN, paper), ("doge_none", Signal.ALIGNMENT, raw)]

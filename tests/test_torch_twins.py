@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 
 import tandem_core as tc  # noqa: E402
 from tandem_adapters.data import TokenSampler, make_suite  # noqa: E402
+from tandem_core.methods import get_method  # noqa: E402
 from tandem_core.run import GPTConfig, MixtureRun, TrainConfig, init_gpt_params  # noqa: E402
 from tandem_torch import TinyGPT, TorchEngine, TorchOptions, Twins  # noqa: E402
 
@@ -36,7 +37,11 @@ def _user_loop(steps: int) -> tc.MixtureState:
     """The loop of the docs: proxy steps counted as MixtureRun counts them (PROBE and FREE)."""
     sampler = _sampler()
     twins = _twins(m=len(sampler.domains))
-    transform = tc.tandem(eta_alpha=0.3, step="eg", normalize="rms", smoothing=1e-3)
+    # the defaults `MixtureRun` builds for a run of `steps`
+    keys = {"probe_steps": K, "free_steps": E}
+    transform = get_method("tandem").make_transform(
+        keys, num_domains=len(sampler.domains), steps=steps
+    )
     state = twins.init_mixture(transform)
     schedule = tc.Schedule(K, E)
     tick = done = 0
