@@ -224,6 +224,8 @@ def run_all(specs: list[dict], jobs: int, echo: Any) -> dict:
                     entry["fresh"][what] = value
                     if all(("torch", a) in entry["fresh"] for a in entry["grid"]):
                         train(entry, "jax", oracle_point(entry))
+                    if done % 10 == 0:
+                        echo(f"  [jobs {done}/{done + len(pending)}] fresh models trained")
                     continue
                 entry["learned"][what] = value
                 train(entry, what[0], _key(value["average"]))
