@@ -3,7 +3,8 @@
 For each suite (planted, restricted, realtext) and seed, on each backend end to end: the static
 mixtures (uniform, natural, temperature), DoReMi and DoGE and TANDEM learn a mixture on a small
 proxy with the library's defaults; then a fresh model of the same size trains with each output
-mixture for the same budget, on the backend that learned it, as does every mixture of a coarse
+mixture for the same budget (rows sampled in proportion to the mixture), on the backend that
+learned it, as does every mixture of a coarse
 grid and every even mixture of a subset of the domains, the known-useless noise domain left out
 (the oracle = the best of them on torch, retrained on JAX for the JAX rows). Reported: the
 target validation loss (the objective the mixtures are learned for), held-out losses of every
@@ -98,7 +99,11 @@ def fresh(spec: dict, alpha: tuple, backend: str = "torch") -> dict:
     from tandem_adapters.jobs import build_run, load_corpus
 
     every = max(spec["steps"] // spec["curve_points"], 1)
-    cfg = job_config(spec, backend, {"method": "natural", "eval_every": every})
+    # Rows drawn in proportion to alpha (the same rows per step for every mixture), as a final
+    # model trains on a mixture; "reweight" would give a concentrated mixture a smaller effective
+    # batch (its rows of the other domains weigh ~0) and penalise it for that, not for its data.
+    train = {"method": "natural", "eval_every": every, "sampling": "sample"}
+    cfg = job_config(spec, backend, train)
     start = time.perf_counter()
     corpus = load_corpus(cfg.data)
     run = build_run(cfg, corpus, transform=tc.natural([max(a, 1e-12) for a in alpha]))
@@ -496,7 +501,8 @@ def main(argv: list[str] | None = None) -> Report:
     )
     report(
         f"setup: tiny GPT d={s['d_model']} L={s['n_layer']} heads={s['n_head']}, "
-        f"{s['batch_per_domain']} rows/domain (loss reweighting), AdamW lr 3e-3, {s['steps']} "
+        f"{s['batch_per_domain']} rows per domain and step (proxies: loss reweighting; fresh "
+        f"models: the same number of rows sampled by the mixture), AdamW lr 3e-3, {s['steps']} "
         f"steps for the proxy and for each fresh model; seeds {args.seeds}; every method with "
         f"the library defaults{changed}; suites (seq len, tokens/domain, oracle grid "
         f"denominator): {suites}"
