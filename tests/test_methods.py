@@ -162,6 +162,7 @@ def test_make_transform_is_the_run_s_transform():
         a, b = mine.update(a, delta), run.update(b, delta)
     np.testing.assert_array_equal(a.alpha, b.alpha)
     assert int(a.averaged) == int(b.averaged) == 5  # the default output: the tail average
+    assert tc.mixture_summary(a).trajectory.shape == (10, 3)  # every update kept, as a run does
     tuned = record.make_transform({"average": "all"}, num_domains=3, steps=250)
     state = tuned.init(3, xp=np, dtype=np.float64)
     for _ in range(10):

@@ -159,7 +159,7 @@ class Method:
         num_domains: int,
         steps: int | None = None,
         sizes: Any = None,
-        history: int = 0,
+        history: int | None = None,
         lr: float | None = None,
     ) -> MixtureTransform:
         """The transform a run of this method uses, for a loop of your own.
@@ -167,6 +167,8 @@ class Method:
         ``make_params(values)`` (unset keys take the library defaults), then ``build`` with the
         run's facts: ``steps`` is the run's main-phase proxy steps (its mixture updates are
         ``planned_updates(plan, steps)``, which TANDEM's budget step size and tail average read).
+        ``history``: mixtures kept for the trajectory, ``(history, M)`` (default: every update
+        of the run, as ``MixtureRun`` keeps them; 0 without ``steps``).
 
         Examples:
             >>> from tandem_core.methods import get_method
@@ -176,6 +178,8 @@ class Method:
         """
         params = self.make_params(values)
         updates = None if steps is None else planned_updates(self.plan(params), steps)
+        if history is None:
+            history = updates or 0
         return self.build(
             params, sizes=sizes, history=history, num_domains=num_domains, updates=updates, lr=lr
         )
