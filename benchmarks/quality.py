@@ -4,9 +4,9 @@ For each suite (planted, restricted, realtext) and seed, on each backend end to 
 mixtures (uniform, natural, temperature), DoReMi and DoGE and TANDEM learn a mixture on a small
 proxy with the library's defaults; then a fresh model of the same size trains with each output
 mixture for the same budget (rows sampled in proportion to the mixture), on the backend that
-learned it, as does every mixture of a coarse
-grid and every even mixture of a subset of the domains, the known-useless noise domain left out
-(the oracle = the best of them on torch, retrained on JAX for the JAX rows). Reported: the
+learned it, as does every mixture of a coarse grid and every even mixture of a subset of the
+domains, the known-useless noise domain left out (the oracle = the best of them on torch,
+retrained on JAX for the JAX rows). Reported: the
 target validation loss (the objective the mixtures are learned for), held-out losses of every
 training domain, the noise-domain weight, and the regret against the oracle; mean +- std over
 seeds. A row labelled with a backend learned and trained there.

@@ -32,7 +32,7 @@ import numpy as np
 import quality
 from _common import Report
 
-RULES = ["const:0.3", "const:1", "sqrt:2", "sqrt:4", "sqrt:8"]
+RULES = ("const:0.3", "const:1", "sqrt:2", "sqrt:4", "sqrt:8")
 OUTPUTS = ("average", "tail", "last")
 SUITES = {
     "planted": {"seq_len": 32, "tokens_per_domain": 20_000, "domains": 5},
@@ -85,14 +85,14 @@ def outputs(trajectory: list) -> dict[str, tuple]:
     }
 
 
-def run_cases(cases: list[dict], jobs: int, echo) -> dict:
+def run_cases(cases: list[dict], rules: list[str], jobs: int, echo) -> dict:
     """Learn every rule, then train every distinct output; results per case."""
     ctx = multiprocessing.get_context("spawn")
     results = {i: {"spec": c, "traj": {}, "fresh": {}} for i, c in enumerate(cases)}
     with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=quality._init_worker) as pool:
         pending = {}
         for i, c in results.items():
-            for rule in RULES:
+            for rule in rules:
                 pending[pool.submit(learn, c["spec"], rule)] = ("learn", i, rule)
             uniform = quality._key(np.ones(c["spec"]["domains"]))
             c["fresh"][uniform] = None  # claimed
@@ -121,7 +121,7 @@ def run_cases(cases: list[dict], jobs: int, echo) -> dict:
 def table(report: Report, results: dict) -> None:
     from tandem_adapters.bench import format_table
 
-    pairs = list(itertools.product(RULES, OUTPUTS))
+    pairs = list(itertools.product(rules_of(results), OUTPUTS))
     short: dict = {p: [] for p in pairs}
     versus: dict = {p: [] for p in pairs}
     groups: dict = {}
@@ -167,8 +167,14 @@ def table(report: Report, results: dict) -> None:
     )
 
 
+def rules_of(results: dict) -> list[str]:
+    """The rules every case of ``results`` ran, ordered by kind and value."""
+    common = set.intersection(*(set(c["traj"]) for c in results.values()))
+    return sorted(common, key=lambda r: (r.split(":")[0], float(r.split(":")[1])))
+
+
 def load(paths: list[str]) -> dict:
-    """Saved results (``--save``) of several runs merged by case; RULES: those of every case."""
+    """Saved results (``--save``) of several runs merged by case."""
     cases: dict = {}
     for path in paths:
         for c in json.loads(Path(path).read_text()).values():
@@ -177,8 +183,6 @@ def load(paths: list[str]) -> dict:
             entry = cases.setdefault(key, {"spec": s, "traj": {}, "fresh": {}})
             entry["traj"].update(c["traj"])
             entry["fresh"].update({tuple(a): v for a, v in c["fresh"]})
-    common = set.intersection(*(set(c["traj"]) for c in cases.values()))
-    RULES[:] = sorted(common, key=lambda r: (r.split(":")[0], float(r.split(":")[1])))
     return dict(enumerate(cases.values()))
 
 
@@ -197,7 +201,7 @@ def main(argv: list[str] | None = None) -> Report:
     _common.setup_env()
     start = time.perf_counter()
     report = Report()
-    RULES[:] = args.rules.split(",")
+    rules = args.rules.split(",")
     cases = [
         spec(su, int(seed), int(b), int(d))
         for su in args.suites.split(",")
@@ -208,13 +212,13 @@ def main(argv: list[str] | None = None) -> Report:
     report(
         f"setup: TANDEM K={PROBE} E={FREE} (other keys: library defaults), tiny GPT L=2, "
         f"8 rows/domain; suites {args.suites}; budgets {args.budgets}; d_model {args.d_models}; "
-        f"tuning seeds {args.seeds}; rules {', '.join(RULES)}; updates per budget: "
+        f"tuning seeds {args.seeds}; rules {', '.join(rules)}; updates per budget: "
         + ", ".join(f"{b}: {updates(int(b))}" for b in args.budgets.split(","))
     )
     if args.load:
         results = load(args.load.split(","))
     else:
-        results = run_cases(cases, args.jobs, print)
+        results = run_cases(cases, rules, args.jobs, print)
     if args.save:
         raw = {
             str(i): {"spec": c["spec"], "traj": c["traj"], "fresh": list(c["fresh"].items())}
